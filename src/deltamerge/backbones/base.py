@@ -1,0 +1,91 @@
+"""The backbone contract every suite's model satisfies, and the frozen task head.
+
+A backbone is an ``nn.Module`` whose ``forward(inputs)`` returns the last hidden features ``[B, D]`` (the quantity DELTA
+distills and the curvature is measured on). It always runs in eval mode: BatchNorm statistics and dropout are frozen so
+that ``f(x; θ)`` is a deterministic function of the weights, which linearization and the GGN both assume.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deltamerge.data import Inputs
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses implement ``forward`` and may refine the parameter policies."""
+
+    name: str = "backbone"
+    feature_dim: int = 0
+
+    def forward(self, inputs: Inputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Stay in eval mode: frozen normalisation statistics and no dropout (see module docstring)."""
+        return super().train(False)
+
+    def default_trainable(self, param_name: str) -> bool:
+        """Which parameters fine-tuning updates by default (all, unless a subclass says otherwise)."""
+        return True
+
+    def is_attention(self, param_name: str) -> bool:
+        """Whether a parameter belongs to an attention projection (q, k, v, o); used by the attn-only regime."""
+        return False
+
+    def curvature_modules(self) -> list[str]:
+        """Names of the layers the EK-FAC covers: every ``nn.Linear`` and every ungrouped ``nn.Conv2d`` whose weight
+        is trainable by default. Subclasses narrow this where a layer type is not supported."""
+        names = []
+        for mname, module in self.named_modules():
+            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+                wname = f"{mname}.weight" if mname else "weight"
+                if self.default_trainable(wname):
+                    names.append(mname)
+        return names
+
+
+class Head(nn.Module):
+    """Frozen classifier on backbone features: ``logits = s · W · n(f − c) + b``.
+
+    ``n`` is L2 normalisation when ``normalize`` is set (CLIP zero-shot heads and prototype heads), identity otherwise.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, center: Tensor | None = None,
+                 normalize: bool = False, scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("center", None if center is None else center.detach().clone())
+        self.normalize = normalize
+        self.scale = float(scale)
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.center is not None:
+            features = features - self.center
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
+        logits = self.scale * features @ self.weight.T
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits
+
+    def state(self) -> dict[str, Tensor]:
+        """Tensors and settings as a flat dict of tensors (for safetensors)."""
+        out = {"weight": self.weight, "scale": torch.tensor(self.scale), "normalize": torch.tensor(int(self.normalize))}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        if self.center is not None:
+            out["center"] = self.center
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> "Head":
+        return cls(state["weight"], state.get("bias"), state.get("center"),
+                   normalize=bool(int(state["normalize"])), scale=float(state["scale"]))

@@ -1,0 +1,107 @@
+"""Configuration as pydantic models, loadable from YAML. Defaults follow the paper (Appendix B, vision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deltamerge.errors import DeltaMergeError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CurvatureConfig(_Strict):
+    """Reference-set curvature (EK-FAC of the feature GGN; KFAC for TAK)."""
+
+    kind: Literal["ekfac", "kfac"] = "ekfac"
+    probes: Literal["exact", "mc"] = "mc"          # exact: one backward per feature dim; mc: Monte-Carlo probes
+    mc_samples: int = Field(1, ge=1)
+    num_examples: Optional[int] = Field(None, ge=1)  # subsample the reference set (None = all)
+    batch_size: int = Field(64, ge=1)
+    kfac_approx: Literal["auto", "expand", "reduce"] = "auto"  # auto: reduce for token inputs, expand for images
+    include_bias: bool = True
+    joint_bias: bool = True  # one block for [W | b] (keeps weight–bias cross terms); False: separate bias blocks
+    jitter: float = Field(1e-6, ge=0)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+class TrainConfig(_Strict):
+    """One fine-tuning run of one task under one regime."""
+
+    regime: str = "delta"
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    weight_decay_toward: Literal["zero", "base"] = "zero"  # AdamW decays θ (=θ0+τ) toward 0, as torch.optim.AdamW
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: Optional[float] = None  # the paper uses none
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    trainable: Literal["default", "all", "attention"] = "default"  # backbone's policy / every parameter / q,k,v,o
+    # DELTA (Algorithm 1)
+    beta_teacher: float = Field(500.0, ge=0)
+    beta_student: float = Field(500.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    alpha_sampling: Literal["uniform", "curriculum", "fixed"] = "uniform"  # U(0.5,1) / released code's [0.5,2] / α=1
+    alpha_low: float = 0.5
+    alpha_high: float = 1.0
+    student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
+    penalty_every: int = Field(1, ge=1)  # apply drift (and KD) every k steps with weight k; 1 = paper
+    # TAK / τJp style regimes use beta_teacher as their penalty weight.
+    checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    """Evaluation protocols."""
+
+    alpha_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 2) for i in range(1, 11)])
+    negation_grid: list[float] = Field(default_factory=lambda: [round(0.2 * i, 2) for i in range(1, 11)])
+    control_threshold: float = Field(0.95, gt=0, le=1)  # negation: control ≥ threshold × pre-trained control
+    batch_size: int = Field(256, ge=1)
+    max_eval_examples: Optional[int] = Field(None, ge=1)
+    device: str = "auto"
+
+
+class RunConfig(_Strict):
+    """A whole pipeline run: curvature → every task × regime → merge → evaluate → report."""
+
+    suite: str
+    regimes: list[str] = Field(default_factory=lambda: ["nonlinear", "linear", "delta"])
+    preset: Literal["quick", "full"] = "quick"
+    out: Path = Path("runs/run")
+    tasks: Optional[list[str]] = None
+    merge_method: str = "task-arithmetic"
+    curvature: Optional[CurvatureConfig] = None  # None: the suite's preset default
+    train: dict[str, dict] = Field(default_factory=dict)  # per-regime overrides of the suite's TrainConfig
+    eval: Optional[EvalConfig] = None
+
+
+def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
+    """Read a YAML file into ``model``; one clear error for a missing file or invalid field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeltaMergeError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return model.model_validate(data)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise DeltaMergeError(f"invalid config {path}:\n{exc}") from None
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,141 @@
+"""Estimate EK-FAC / KFAC factors of the feature GGN on a reference set with curvlinops-for-pytorch.
+
+curvlinops (MIT, maintained) computes the Kronecker factors and the eigenvalue correction with hooks on ``nn.Linear``
+and ``nn.Conv2d`` modules; we call it with an MSE loss on the features (whose Hessian is the identity up to a factor 2,
+so the GGN is label-free) and rescale to G = (1/N) Σ_n J_nᵀJ_n. Two things are done here rather than in the library:
+the eigendecompositions run in float64 with a small jitter (float32 ``eigh`` fails to converge on the rank-deficient
+factors small reference sets produce), and factors are re-keyed from parameter positions to parameter names.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from deltamerge.artifacts import fingerprint
+from deltamerge.backbones.base import Backbone
+from deltamerge.config import CurvatureConfig
+from deltamerge.curvature.factors import Curvature, LayerCurvature
+from deltamerge.data import Inputs, num_rows, take, to_device
+from deltamerge.errors import DeltaMergeError
+
+
+def _eigvecs(factor: Tensor, jitter: float) -> Tensor:
+    """Eigenvectors of a PSD factor, computed in float64 with relative diagonal jitter, in the factor's dtype."""
+    f64 = factor.detach().double()
+    scale = f64.diagonal().abs().mean().clamp_min(1e-30)
+    f64 = f64 + jitter * scale * torch.eye(f64.shape[0], dtype=f64.dtype, device=f64.device)
+    return torch.linalg.eigh(f64).eigenvectors.to(factor.dtype)
+
+
+def _batches(reference: Inputs, batch_size: int, device: torch.device, feature_dim: int
+             ) -> list[tuple[Inputs, Tensor]]:
+    n = num_rows(reference)
+    out = []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x = to_device(take(reference, idx), device)
+        out.append((x, torch.zeros(len(idx), feature_dim, device=device)))  # MSE targets: unused by the GGN
+    return out
+
+
+def _resolve_modules(backbone: Backbone, modules: list[str] | None) -> list[str]:
+    names = backbone.curvature_modules() if modules is None else modules
+    for name in names:
+        mod = backbone.get_submodule(name)
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+            raise DeltaMergeError(f"curvature covers nn.Linear / nn.Conv2d only; '{name}' is {type(mod).__name__}")
+    if not names:
+        raise DeltaMergeError(f"{backbone.name}: no layer to estimate curvature for")
+    return list(names)
+
+
+def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConfig,
+                       modules: list[str] | None = None) -> Curvature:
+    """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs, for ``modules``
+    (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes."""
+    from curvlinops import EKFACLinearOperator, KFACLinearOperator
+
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = backbone.to(device).eval()
+    modules = _resolve_modules(backbone, modules)
+    n = num_rows(reference)
+    if cfg.num_examples is not None and cfg.num_examples < n:
+        g = torch.Generator().manual_seed(cfg.seed)
+        reference = take(reference, torch.randperm(n, generator=g)[: cfg.num_examples])
+        n = cfg.num_examples
+    params: list[nn.Parameter] = []
+    for name in modules:
+        mod = backbone.get_submodule(name)
+        params.append(mod.weight)
+        if mod.bias is not None and cfg.include_bias:
+            params.append(mod.bias)
+    old_flags = {id(p): p.requires_grad for p in backbone.parameters()}
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    is_dict = isinstance(reference, dict)
+    approx = cfg.kfac_approx if cfg.kfac_approx != "auto" else ("reduce" if is_dict else "expand")
+    data = _batches(reference, cfg.batch_size, device, backbone.feature_dim)
+    op_cls = EKFACLinearOperator if cfg.kind == "ekfac" else KFACLinearOperator
+    op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=cfg.progress,
+                check_deterministic=False, fisher_type="type-2" if cfg.probes == "exact" else "mc",
+                mc_samples=1 if cfg.probes == "exact" else cfg.mc_samples, kfac_approx=approx,
+                num_data=n, batch_size_fn=(lambda x: num_rows(x)) if is_dict else None,
+                separate_weight_and_bias=not cfg.joint_bias)
+    try:
+        op.compute_kronecker_factors()
+        if cfg.kind == "ekfac":
+            # Eigenbases in float64 (see module docstring); curvlinops then skips its own float32 eigh.
+            for src, dst in ((op._input_covariances, op._input_covariances_eigenvectors),
+                             (op._gradient_covariances, op._gradient_covariances_eigenvectors)):
+                for mod_name in list(src.keys()):
+                    dst[mod_name] = _eigvecs(src.pop(mod_name), cfg.jitter)
+            op.compute_eigenvalue_correction()
+    finally:
+        for p in backbone.parameters():
+            p.requires_grad_(old_flags[id(p)])
+    layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
+    meta = {"backbone": backbone.name, "num_data": n, "kfac_approx": approx, "config": cfg.model_dump()}
+    return Curvature(cfg.kind, layers, fingerprint(backbone), meta)
+
+
+def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind: str, scale: float) -> list[LayerCurvature]:
+    """Re-key curvlinops' per-position factors by parameter name and apply the 1/(2N) normalisation (factors keep
+    the model's dtype: float32 models give float32 factors)."""
+    names = {id(p): n for n, p in backbone.named_parameters()}
+    layers = []
+    for mod_name, pos in op._mapping.items():
+        weight = names[id(params[pos["weight"]])]
+        bias = names[id(params[pos["bias"]])] if "bias" in pos else None
+        joint = bias is not None and not op._separate_weight_and_bias
+        if kind == "ekfac":
+            ev = op._corrected_eigenvalues[mod_name]
+            tensors = {"U_A": op._input_covariances_eigenvectors[mod_name],
+                       "U_G": op._gradient_covariances_eigenvectors[mod_name],
+                       "S": (ev if joint else ev[pos["weight"]]) * scale}
+            if bias is not None and not joint:
+                tensors["S_bias"] = ev[pos["bias"]] * scale
+        else:
+            tensors = {"A": op._input_covariances[mod_name], "G": op._gradient_covariances[mod_name] * scale}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        layers.append(LayerCurvature(mod_name, weight, bias, tensors, joint))
+    return layers
+
+
+def exact_drift(backbone: Backbone, names: Iterable[str], reference: Inputs, delta: dict[str, Tensor],
+                batch_size: int = 256) -> Tensor:
+    """Oracle: mean_n ‖J_n τ‖² by forward-mode AD (exact, no Kronecker approximation, cross-layer terms included)."""
+    from deltamerge.linearize import FunctionalModel
+
+    model = FunctionalModel(backbone, list(names))
+    total, n = 0.0, num_rows(reference)
+    for start in tqdm(range(0, n, batch_size), desc="exact drift", disable=True):
+        x = take(reference, torch.arange(start, min(start + batch_size, n)))
+        _, jt = model.linearized(x, delta)
+        total = total + jt.square().sum()
+    return total / n

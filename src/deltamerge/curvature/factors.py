@@ -1,0 +1,152 @@
+"""Kronecker-factored curvature per layer and the drift penalty it defines.
+
+Normalisation: the matrix approximated is the feature GGN averaged over the reference set,
+    G = (1/N) Σ_n J_nᵀ J_n,     so that  τᵀ G τ = mean_n ‖J_n τ‖²
+is the mean squared (linearized) drift of the last hidden features, in the same units as the distillation loss.
+
+EK-FAC (George et al., 2018), per layer l with weight ΔW_l (out × in; conv kernels flattened to out × in·kh·kw):
+    L_drift(τ) = Σ_l Σ S_l ⊙ (U_Gᵀ [ΔW_l | Δb_l] U_A)²   (bias as an extra input column)
+KFAC (used by TAK):
+    L_drift(τ) = Σ_l tr(M_lᵀ G_l M_l A_l),   M_l = [ΔW_l | Δb_l]
+Neither forms a Kronecker product. Both are exact quadratic forms, so ∇ L_drift = 2·M·τ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deltamerge.artifacts import check_base, load_artifact, save_artifact
+from deltamerge.errors import DeltaMergeError
+
+KINDS = ("ekfac", "kfac")
+
+
+@dataclass
+class LayerCurvature:
+    """Factors of one layer. ekfac: U_A [i,i], U_G [o,o], S [o,i]; kfac: A [i,i], G [o,o].
+
+    ``joint``: weight and bias share one block over the bias-augmented input (i+1 instead of i; keeps the weight–bias
+    cross terms). Otherwise a bias has its own block (``S_bias`` [o] for EK-FAC, G alone for KFAC).
+    """
+
+    module: str
+    weight: str
+    bias: str | None
+    tensors: dict[str, Tensor]
+    joint: bool = False
+
+    def to(self, device: torch.device | str) -> "LayerCurvature":
+        return LayerCurvature(self.module, self.weight, self.bias, {k: v.to(device) for k, v in self.tensors.items()},
+                              self.joint)
+
+
+@dataclass
+class Curvature:
+    """The reference-set curvature of one base model, as per-layer factors."""
+
+    kind: str
+    layers: list[LayerCurvature]
+    base_fingerprint: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DeltaMergeError(f"unknown curvature kind '{self.kind}' (known: {', '.join(KINDS)})")
+
+    @property
+    def parameter_names(self) -> list[str]:
+        names = []
+        for layer in self.layers:
+            names.append(layer.weight)
+            if layer.bias is not None:
+                names.append(layer.bias)
+        return names
+
+    def to(self, device: torch.device | str) -> "Curvature":
+        return Curvature(self.kind, [layer.to(device) for layer in self.layers], self.base_fingerprint, self.meta)
+
+    def penalty(self, delta: dict[str, Tensor]) -> Tensor:
+        """L_drift(τ) summed over the covered layers whose parameters appear in ``delta`` (others are skipped)."""
+        total = None
+        for layer in self.layers:
+            term = self._layer_penalty(layer, delta)
+            if term is not None:
+                total = term if total is None else total + term
+        if total is None:
+            device = next(iter(delta.values())).device if delta else "cpu"
+            return torch.zeros((), device=device)
+        return total
+
+    def _layer_penalty(self, layer: LayerCurvature, delta: dict[str, Tensor]) -> Tensor | None:
+        dw = delta.get(layer.weight)
+        db = delta.get(layer.bias) if layer.bias is not None else None
+        if dw is None and db is None:
+            return None
+        t = layer.tensors
+        left = t["U_G"] if self.kind == "ekfac" else t["G"]
+        out_dim = left.shape[0]
+        if layer.joint:  # [ΔW | Δb] against the factor of the bias-augmented input
+            ref = dw if dw is not None else db
+            in_dim = (t["U_A"] if self.kind == "ekfac" else t["A"]).shape[0] - 1
+            w = dw.reshape(out_dim, -1) if dw is not None else ref.new_zeros(out_dim, in_dim)
+            b = db if db is not None else ref.new_zeros(out_dim)
+            m = torch.cat([w, b.unsqueeze(1)], dim=1).to(left.dtype)
+            return self._quadratic(t, m)
+        terms = []
+        if dw is not None:
+            terms.append(self._quadratic(t, dw.reshape(out_dim, -1).to(left.dtype)))
+        if db is not None:  # separate bias block: the gradient factor alone
+            db = db.to(left.dtype)
+            terms.append((t["S_bias"] * (left.T @ db).square()).sum() if self.kind == "ekfac" else db @ (left @ db))
+        return torch.stack(terms).sum()
+
+    def _quadratic(self, t: dict[str, Tensor], m: Tensor) -> Tensor:
+        """Σ S ⊙ (U_Gᵀ M U_A)² (EK-FAC) or tr(Mᵀ G M A) (KFAC)."""
+        if self.kind == "ekfac":
+            return (t["S"] * (t["U_G"].T @ m @ t["U_A"]).square()).sum()
+        return ((t["G"] @ m @ t["A"]) * m).sum()
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        tensors = {f"{layer.module}::{k}": v for layer in self.layers for k, v in layer.tensors.items()}
+        meta = {"kind": "curvature", "curvature": self.kind, "base_fingerprint": self.base_fingerprint,
+                "layers": [{"module": l.module, "weight": l.weight, "bias": l.bias, "joint": l.joint}
+                           for l in self.layers], **self.meta}
+        return save_artifact(path, tensors, meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, base_fingerprint: str | None = None,
+             parameters: dict[str, Tensor] | None = None) -> "Curvature":
+        """Load and validate: the base fingerprint must match, and every covered parameter must exist with the
+        shape the factors imply (when ``parameters`` is given)."""
+        tensors, meta = load_artifact(path, kind="curvature")
+        if base_fingerprint is not None:
+            check_base(meta, base_fingerprint, path)
+        layers = []
+        for spec in meta["layers"]:
+            prefix = f"{spec['module']}::"
+            lt = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            layer = LayerCurvature(spec["module"], spec["weight"], spec["bias"], lt, bool(spec.get("joint", False)))
+            if parameters is not None:
+                _check_layer_shapes(layer, meta["curvature"], parameters, path)
+            layers.append(layer)
+        extra = {k: v for k, v in meta.items()
+                 if k not in {"kind", "curvature", "base_fingerprint", "layers", "format", "format_version"}}
+        return cls(meta["curvature"], layers, meta["base_fingerprint"], extra)
+
+
+def _check_layer_shapes(layer: LayerCurvature, kind: str, parameters: dict[str, Tensor], path: Any) -> None:
+    if layer.weight not in parameters:
+        raise DeltaMergeError(f"{path}: parameter '{layer.weight}' does not exist in this model")
+    w = parameters[layer.weight]
+    out_dim, in_dim = w.shape[0], w[0].numel() + int(layer.joint)
+    left, right = ("U_G", "U_A") if kind == "ekfac" else ("G", "A")
+    if layer.tensors[left].shape != (out_dim, out_dim) or layer.tensors[right].shape != (in_dim, in_dim):
+        raise DeltaMergeError(
+            f"{path}: factors of '{layer.module}' have shapes {tuple(layer.tensors[left].shape)} / "
+            f"{tuple(layer.tensors[right].shape)} but the weight is {tuple(w.shape)}: shape mismatch")

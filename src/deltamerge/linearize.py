@@ -1,0 +1,73 @@
+"""The model as a function of its weights: f(x; θ0 + α·τ) and the linearized f_lin(x; θ0 + τ) = f0 + J·τ.
+
+Training acts on task vectors τ (zero-initialised tensors), never on the backbone's own parameters, so θ0 is never
+modified and the model at any point of the path θ0 + α·τ is one ``functional_call`` away.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, jvp
+
+from deltamerge.backbones.base import Backbone
+from deltamerge.data import Inputs
+from deltamerge.errors import DeltaMergeError
+
+Params = dict[str, Tensor]
+
+_FUSED_ATTENTION_HINT = (
+    "forward-mode AD (torch.func.jvp) is not implemented for fused attention kernels (flash / memory-efficient / "
+    "cuDNN SDPA) nor for nn.MultiheadAttention(need_weights=False). Load the model with "
+    "attn_implementation='eager' (transformers), or wrap the call in "
+    "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH).")
+
+
+class FunctionalModel:
+    """A backbone with frozen base weights θ0 for the parameters in ``names``.
+
+    ``features(x, tau, alpha)`` = f(x; θ0 + α·τ); ``linearized(x, tau)`` = (f0, J·τ) from one ``jvp``.
+    """
+
+    def __init__(self, backbone: Backbone, names: list[str]) -> None:
+        params = dict(backbone.named_parameters())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise DeltaMergeError(f"unknown parameter names for {backbone.name}: {missing[:5]}")
+        self.backbone = backbone.eval()
+        self.names = list(names)
+        self.base: Params = {n: params[n].detach() for n in self.names}
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+
+    def zeros(self) -> Params:
+        """A zero task vector with gradient tracking, one tensor per trainable parameter."""
+        return {n: torch.zeros_like(p, requires_grad=True) for n, p in self.base.items()}
+
+    def point(self, tau: Params | None, alpha: float | Tensor = 1.0) -> Params:
+        """θ0 + α·τ for the trainable parameters (θ0 alone when ``tau`` is None)."""
+        if tau is None:
+            return dict(self.base)
+        return {n: self.base[n] + alpha * tau[n] for n in self.names}
+
+    def features(self, inputs: Inputs, tau: Params | None = None, alpha: float | Tensor = 1.0) -> Tensor:
+        """f(x; θ0 + α·τ): the non-linear model at a point of the path."""
+        return functional_call(self.backbone, self.point(tau, alpha), (inputs,))
+
+    def linearized(self, inputs: Inputs, tau: Params) -> tuple[Tensor, Tensor]:
+        """(f(x; θ0), J f(x; θ0)·τ) from one forward-mode pass; f_lin(x; θ0 + α·τ) = f0 + α·Jτ.
+
+        Differentiable with respect to τ (reverse-over-forward), constant in θ0.
+        """
+        fn: Callable[[Params], Tensor] = lambda p: functional_call(self.backbone, p, (inputs,))
+        tangents = {n: tau[n] for n in self.names}
+        try:
+            return jvp(fn, (self.base,), (tangents,))
+        except (NotImplementedError, RuntimeError) as exc:
+            text = str(exc).lower()
+            if "forward ad" in text or "forward-mode" in text or "_efficient_attention" in text or "flash" in text \
+                    or "not implemented" in text:
+                raise DeltaMergeError(f"linearization failed: {exc}\nHint: {_FUSED_ATTENTION_HINT}") from exc
+            raise
