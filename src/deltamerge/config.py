@@ -105,3 +105,12 @@ def resolve_device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device")) -> str:
+    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device excluded)."""
+    import hashlib
+    import json
+
+    data = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignore}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

@@ -19,6 +19,8 @@ import numpy as np
 
 ENV_VAR = "DELTAMERGE_CACHE"
 DONE = "DONE"
+FILE_MODE = 0o644  # mkstemp/mkdtemp create private files; published assets are world-readable like any cache
+DIR_MODE = 0o755
 
 
 def cache_root() -> Path:
@@ -60,6 +62,7 @@ def staging(name: str, marker: dict[str, Any]) -> Iterator[Path]:
     try:
         yield tmp
         atomic_write_text(tmp / DONE, json.dumps(marker, indent=1, sort_keys=True))
+        os.chmod(tmp, DIR_MODE)
         final = asset_dir(name)
         if final.exists():
             old = final.with_name(f".old-{name}-{os.getpid()}")
@@ -76,14 +79,14 @@ def staging(name: str, marker: dict[str, Any]) -> Iterator[Path]:
 @contextlib.contextmanager
 def lock(name: str) -> Iterator[None]:
     """An exclusive per-asset lock so two processes never build the same asset at once (no-op without fcntl)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
+    locks = cache_root() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
-    with open(root / f".lock-{name}", "w") as handle:
+    with open(locks / name, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -98,6 +101,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -125,6 +129,7 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from deltamerge.assets.cache import write_json
 from deltamerge.assets.emails import email_to_text, normalize_space, strip_html
-from deltamerge.assets.fortunes import read_fortune_dir
+from deltamerge.assets.fortune_files import read_fortune_dir
 from deltamerge.assets.passages import paragraphs_from_lines, passages
 from deltamerge.assets.rdata_db import load_objects
 from deltamerge.assets.sources import read_wheel_member, safe_extract_zip

@@ -74,7 +74,7 @@ def body_text(msg: Message) -> str:
             markup.append(_part_text(part))
     if plain:
         text = "\n".join(plain)
-        return strip_html(text) if _TAG.search(text) and "</" in text else text
+        return strip_html(text) if _TAG.search(text) and "</" in text else html.unescape(text)
     return "\n".join(strip_html(t) for t in markup)
 
 

@@ -26,7 +26,7 @@ def paragraphs_from_lines(lines: Iterable[str | None], min_words: int = 8) -> li
 
     def flush() -> None:
         if current:
-            text = " ".join(current)
+            text = " ".join(" ".join(current).split())
             if not is_heading(text) and len(text.split()) >= min_words:
                 out.append(text)
             current.clear()

@@ -1,0 +1,130 @@
+"""Task vectors τ = θ_t − θ0 with plain arithmetic, validated persistence and application to a base model.
+
+``kind`` says which model a vector is evaluated with: ``nonlinear`` vectors with f(x; θ0 + τ), ``linear``
+(tangent-space) vectors with f_lin(x; θ0 + τ) = f0 + J·τ (Ortiz-Jimenez et al.). Mixing kinds is refused, because
+it silently changes the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from deltamerge.artifacts import check_base, load_artifact, save_artifact
+from deltamerge.errors import DeltaMergeError
+
+KINDS = ("nonlinear", "linear")
+
+
+@dataclass
+class TaskVector:
+    """A dict of parameter deltas plus where they came from."""
+
+    deltas: dict[str, Tensor]
+    base_fingerprint: str
+    kind: str = "nonlinear"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DeltaMergeError(f"unknown task-vector kind '{self.kind}' (known: {', '.join(KINDS)})")
+
+    # ---- arithmetic ------------------------------------------------------------------------------------------
+    def _check_compatible(self, other: "TaskVector") -> None:
+        if other.base_fingerprint != self.base_fingerprint:
+            raise DeltaMergeError("cannot combine task vectors of different base models "
+                                  f"({self.base_fingerprint} vs {other.base_fingerprint})")
+        if other.kind != self.kind:
+            raise DeltaMergeError(f"cannot combine a {self.kind} and a {other.kind} task vector")
+        if set(other.deltas) != set(self.deltas):
+            diff = sorted(set(other.deltas) ^ set(self.deltas))
+            raise DeltaMergeError(f"task vectors cover different parameters (e.g. {diff[:3]})")
+        for n, t in self.deltas.items():
+            if other.deltas[n].shape != t.shape:
+                raise DeltaMergeError(f"shape mismatch for '{n}': {tuple(t.shape)} vs {tuple(other.deltas[n].shape)}")
+
+    def _derived(self, deltas: dict[str, Tensor], **meta: Any) -> "TaskVector":
+        return TaskVector(deltas, self.base_fingerprint, self.kind, meta)
+
+    def __add__(self, other: "TaskVector") -> "TaskVector":
+        self._check_compatible(other)
+        return self._derived({n: t + other.deltas[n] for n, t in self.deltas.items()})
+
+    def __sub__(self, other: "TaskVector") -> "TaskVector":
+        self._check_compatible(other)
+        return self._derived({n: t - other.deltas[n] for n, t in self.deltas.items()})
+
+    def __neg__(self) -> "TaskVector":
+        return self * -1.0
+
+    def __mul__(self, alpha: float) -> "TaskVector":
+        return self._derived({n: alpha * t for n, t in self.deltas.items()})
+
+    __rmul__ = __mul__
+
+    @staticmethod
+    def sum(vectors: Iterable["TaskVector"]) -> "TaskVector":
+        vectors = list(vectors)
+        if not vectors:
+            raise DeltaMergeError("cannot sum an empty list of task vectors")
+        total = vectors[0]
+        for v in vectors[1:]:
+            total = total + v
+        return total
+
+    def norm(self) -> float:
+        return float(torch.sqrt(sum(t.double().square().sum() for t in self.deltas.values())))
+
+    def flat(self) -> Tensor:
+        return torch.cat([self.deltas[n].flatten() for n in sorted(self.deltas)])
+
+    # ---- application -----------------------------------------------------------------------------------------
+    def check_against(self, model: nn.Module, base_fingerprint: str) -> None:
+        """Refuse a vector made for another base, or naming parameters this model lacks / shapes it differs in."""
+        if self.base_fingerprint != base_fingerprint:
+            raise DeltaMergeError(f"task vector was made for base model {self.base_fingerprint}, but this base is "
+                                  f"{base_fingerprint}: wrong base model")
+        params = dict(model.named_parameters())
+        for n, t in self.deltas.items():
+            if n not in params:
+                raise DeltaMergeError(f"task vector names parameter '{n}', which this model does not have")
+            if params[n].shape != t.shape:
+                raise DeltaMergeError(f"shape mismatch for '{n}': vector {tuple(t.shape)}, "
+                                      f"model {tuple(params[n].shape)}")
+
+    def apply_to(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
+        """θ ← θ0 + α·τ in place (materialised weights, e.g. to export a merged model). Returns ``model``."""
+        if self.kind != "nonlinear":
+            raise DeltaMergeError("a linear (tangent-space) task vector is not a weight edit of the plain model; "
+                                  "evaluate it with the linearized model (deltamerge evaluate does this)")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in self.deltas.items():
+                params[n].add_(alpha * t.to(params[n].device, params[n].dtype))
+        return model
+
+    # ---- persistence -----------------------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        meta = {"kind": "task_vector", "vector_kind": self.kind, "base_fingerprint": self.base_fingerprint,
+                **self.meta}
+        return save_artifact(path, self.deltas, meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, base_fingerprint: str | None = None, model: nn.Module | None = None
+             ) -> "TaskVector":
+        tensors, meta = load_artifact(path, kind="task_vector")
+        if base_fingerprint is not None:
+            check_base(meta, base_fingerprint, path)
+        extra = {k: v for k, v in meta.items()
+                 if k not in {"kind", "vector_kind", "base_fingerprint", "format", "format_version"}}
+        tv = cls(tensors, meta["base_fingerprint"], meta.get("vector_kind", "nonlinear"), extra)
+        if model is not None:
+            tv.check_against(model, meta["base_fingerprint"] if base_fingerprint is None else base_fingerprint)
+        for n, t in tensors.items():
+            if not torch.isfinite(t).all():
+                raise DeltaMergeError(f"{path}: parameter '{n}' contains NaN or inf")
+        return tv

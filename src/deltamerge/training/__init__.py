@@ -1,0 +1,7 @@
+"""Fine-tuning regimes (one file each) and the shared training loop."""
+
+from deltamerge.training.regime import REGIMES, Regime, get_regime, trainable_names
+from deltamerge.training import nonlinear, linear, delta  # noqa: F401  (registers the regimes)
+from deltamerge.training.loop import train
+
+__all__ = ["REGIMES", "Regime", "get_regime", "trainable_names", "train"]

@@ -1,0 +1,83 @@
+"""DELTA (Algorithm 1): a linearized teacher and a non-linear student from the same θ0, trained jointly.
+
+Per step, with one α drawn per step:
+    L_KD = (1/B) Σ_i ‖f(x_i; θ0 + α·τ_S) − SG[f_lin(x_i; θ0 + α·τ_T)]‖²          (Eq. 8, along-path distillation)
+    L_T  = CE(f_lin(θ_T)) + β_T · L_drift(τ_T)                                       (Eq. 5)
+    L_S  = CE(f(θ_S))     + β_S · L_drift(τ_S) + γ · L_KD                            (Eq. 7)
+One jvp gives f0 and J·τ_T, so the teacher at θ_T (α = 1, for its CE) and at θ0 + α·τ_T (the KD target,
+f0 + α·Jτ_T) cost nothing more. The teacher's backward runs first and frees its graph before the student's forward,
+which keeps peak memory near that of the linearized step alone.
+"""
+
+from __future__ import annotations
+
+import random
+
+from torch import Tensor
+
+from deltamerge.data import Inputs
+from deltamerge.training.regime import Regime, check_finite, register
+
+
+def sample_alpha(cfg, step: int, rng: random.Random) -> float:
+    """α ~ U(alpha_low, alpha_high) (paper), a curriculum widening from {1} to [0.5, 2] as (step/steps)^½
+    (the authors' released code), or α = 1 (no along-path distillation)."""
+    if cfg.alpha_sampling == "fixed":
+        return 1.0
+    if cfg.alpha_sampling == "curriculum":
+        p = (step / max(cfg.steps, 1)) ** 0.5
+        return rng.uniform(1.0 - 0.5 * p, 1.0 + 1.0 * p)
+    return rng.uniform(cfg.alpha_low, cfg.alpha_high)
+
+
+def kd_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """(1/B) Σ_i ‖s_i − t_i‖²: squared L2 over features, mean over the batch."""
+    return (student.float() - teacher.float()).square().sum(-1).mean()
+
+
+@register
+class Delta(Regime):
+    name = "delta"
+    needs_curvature = True
+    output_role = "student"
+    vector_kinds = {"student": "nonlinear", "teacher": "linear"}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rng = random.Random(self.cfg.seed)
+
+    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
+        cfg, tau_t, tau_s = self.cfg, self.vectors["teacher"], self.vectors["student"]
+        alpha = sample_alpha(cfg, step, self.rng)
+
+        # Teacher: L_T = CE(f_lin(θ_T)) + β_T·L_drift(τ_T); one jvp serves every α.
+        f0, j_tau = self.model.linearized(inputs, tau_t)
+        loss_t = self.ce(f0 + j_tau, labels)
+        drift_t = self.drift(tau_t, step)
+        if drift_t is not None:
+            loss_t = loss_t + cfg.beta_teacher * drift_t
+        target = (f0 + alpha * j_tau).detach()  # SG[f_lin(x; θ0 + α·τ_T)]
+        check_finite(loss_t, "teacher loss", step)
+        loss_t.backward()  # frees the teacher's graph before the student's forward
+        del f0, j_tau
+
+        # Student: L_S = CE(f(θ_S)) + β_S·L_drift(τ_S) + γ·L_KD.
+        feats_alpha = self.model.features(inputs, tau_s, alpha)
+        if cfg.student_ce_at == "theta":
+            feats_ce = feats_alpha if alpha == 1.0 else self.model.features(inputs, tau_s)
+        else:  # released-code variant: one student forward at θ0 + α·τ_S serves CE and KD
+            feats_ce = feats_alpha
+        ce_s = self.ce(feats_ce, labels)
+        kd = kd_loss(feats_alpha, target)
+        loss_s = ce_s + cfg.gamma * kd
+        drift_s = self.drift(tau_s, step)
+        if drift_s is not None:
+            loss_s = loss_s + cfg.beta_student * drift_s
+        check_finite(loss_s, "student loss", step)
+        loss_s.backward()
+
+        logs = {"loss_T": loss_t.item(), "loss_S": loss_s.item(), "ce_S": ce_s.item(), "kd": kd.item(),
+                "alpha": alpha}
+        if drift_s is not None:
+            logs["drift_S"] = drift_s.item() / cfg.penalty_every
+        return logs

@@ -1,0 +1,19 @@
+"""Standard (non-linear) fine-tuning, Ilharco et al. 2022: minimise CE(head(f(x; θ0 + τ)))."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from deltamerge.data import Inputs
+from deltamerge.training.regime import Regime, check_finite, register
+
+
+@register
+class NonLinear(Regime):
+    name = "nonlinear"
+
+    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
+        loss = self.ce(self.model.features(inputs, self.vectors["main"]), labels)
+        check_finite(loss, "loss", step)
+        loss.backward()
+        return {"loss": loss.item()}
