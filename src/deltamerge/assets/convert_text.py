@@ -133,7 +133,7 @@ def _jargon_passages(root: Path) -> list[str]:
 
 
 def text_reference(inputs: list[Path], out: Path, progress: bool = True) -> dict[str, Any]:
-    """A general-English reference mix: State of the Union addresses, Moby-Dick and the Jargon File, 20-100 words each."""
+    """General-English reference mix of 20-100 word passages: State of the Union, Moby-Dick, the Jargon File."""
     pools = {"sotu": _sotu_passages(inputs[0]), "moby-dick": _moby_dick_passages(inputs[1]),
              "jargon": _jargon_passages(inputs[2])}
     rng = random.Random(0)

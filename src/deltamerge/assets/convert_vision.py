@@ -141,5 +141,5 @@ def elpv(inputs: list[Path], out: Path, progress: bool = True) -> dict[str, Any]
     write_npz(out / "data.npz", x=x, proba=np.asarray(proba, np.float32), module=np.asarray(module))
     levels, counts = np.unique(np.asarray(proba).round(4), return_counts=True)
     kinds, kind_counts = np.unique(module, return_counts=True)
-    return {"shape": list(x.shape), "proba_counts": dict(zip(map(str, levels.tolist()), counts.tolist())),
-            "module_counts": dict(zip(kinds.tolist(), kind_counts.tolist()))}
+    return {"shape": list(x.shape), "proba_counts": dict(zip(map(str, levels.tolist()), counts.tolist(), strict=True)),
+            "module_counts": dict(zip(kinds.tolist(), kind_counts.tolist(), strict=True))}

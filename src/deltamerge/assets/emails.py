@@ -48,7 +48,7 @@ def decode_subject(msg: Message) -> str:
 def _part_text(part: Message) -> str:
     """Decoded text of one leaf part (base64 / quoted-printable undone, charset applied)."""
     payload = part.get_payload(decode=True)
-    if payload is None:
+    if not isinstance(payload, bytes):
         raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
     charset = part.get_content_charset() or "latin-1"

@@ -24,7 +24,7 @@ class Images(NamedTuple):
 
 
 class Elpv(NamedTuple):
-    """ELPV cells ``uint8[2624, 300, 300]``, defect probability ``float32`` in {0, 1/3, 2/3, 1}, module ``'mono'|'poly'``."""
+    """ELPV cells ``uint8[2624,300,300]``, defect probability ``float32`` in {0, 1/3, 2/3, 1}, ``'mono'|'poly'``."""
 
     x: np.ndarray
     proba: np.ndarray
@@ -69,7 +69,7 @@ def natural_images() -> list[np.ndarray]:
 
 
 def _pairs(texts: list[str], labels: list[int]) -> list[tuple[str, int]]:
-    return list(zip(texts, labels))
+    return list(zip(texts, labels, strict=True))
 
 
 def spam() -> list[tuple[str, int]]:

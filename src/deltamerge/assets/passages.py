@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _HEADING = re.compile(r"^(chapter|volume|book|part|letter)\b[\s\w.:-]*$", re.IGNORECASE)
 _ROMAN = re.compile(r"^[ivxlcdm]+\.?$", re.IGNORECASE)

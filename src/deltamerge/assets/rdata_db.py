@@ -16,8 +16,9 @@ import lzma
 import struct
 import warnings
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _data_frame(obj: Any, attrs: Mapping[str, Any]) -> dict[str, Any]:
     names = attrs.get("names")
     if names is None:
         raise DeltaMergeError("R data.frame without column names")
-    return {str(n): _column(v) for n, v in zip(list(names), obj)}
+    return {str(n): _column(v) for n, v in zip(list(names), obj, strict=True)}
 
 
 def _factor(obj: Any, attrs: Mapping[str, Any]) -> list[str | None]:

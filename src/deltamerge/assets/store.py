@@ -59,7 +59,7 @@ def fetch(name: str, progress: bool = True, force: bool = False) -> Path:
             marker: dict[str, Any] = {
                 "asset": name, "fingerprint": spec.fingerprint, "licence": spec.licence,
                 "sources": [{"source": str(s), "version": f.version, "bytes": f.nbytes}
-                            for s, f in zip(spec.sources, fetched)],
+                            for s, f in zip(spec.sources, fetched, strict=True)],
                 "python": platform.python_version(),
             }
             bar.set_postfix_str("convert")

@@ -1,0 +1,1 @@
+"""Accuracy of edited models, the paper's protocols (addition, negation, α search) and diagnostics."""

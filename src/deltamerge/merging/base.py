@@ -1,0 +1,50 @@
+"""The merge-method contract and registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deltamerge.errors import DeltaMergeError
+from deltamerge.taskvector import TaskVector
+
+METHODS: dict[str, type["MergeMethod"]] = {}
+
+
+def register(cls: type["MergeMethod"]) -> type["MergeMethod"]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> "MergeMethod":
+    if name not in METHODS:
+        raise DeltaMergeError(f"unknown merge method '{name}' (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]()
+
+
+@dataclass
+class Prepared:
+    """A merged direction m such that apply(α) = α·m (every method here is homogeneous in α)."""
+
+    direction: TaskVector
+    method: str
+
+    #: apply(α) = α·apply(1): lets evaluators reuse one linearized pass for a whole α grid.
+    homogeneous: bool = True
+
+    def apply(self, alpha: float) -> TaskVector:
+        return self.direction * alpha
+
+
+class MergeMethod:
+    """prepare(task_vectors) -> Prepared, done once; the per-α work is a scalar multiply."""
+
+    name = ""
+
+    def prepare(self, vectors: list[TaskVector]) -> Prepared:
+        if not vectors:
+            raise DeltaMergeError("nothing to merge: no task vectors given")
+        TaskVector.sum(vectors)  # validates base, kind, names and shapes once
+        return Prepared(self.merge(vectors), self.name)
+
+    def merge(self, vectors: list[TaskVector]) -> TaskVector:  # pragma: no cover - abstract
+        raise NotImplementedError

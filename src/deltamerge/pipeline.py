@@ -1,0 +1,152 @@
+"""The main job: suite → curvature → fine-tune every task under every regime → merge → evaluate → results.json.
+
+Every stage writes a file under the run directory and is reused when the run is repeated (a task vector is reused
+only if it was trained with the same configuration on the same base model).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from deltamerge.artifacts import fingerprint, load_artifact, save_artifact, write_json
+from deltamerge.backbones.base import Backbone, Head
+from deltamerge.config import EvalConfig, RunConfig, TrainConfig, config_hash
+from deltamerge.curvature import Curvature, estimate_curvature
+from deltamerge.data import Task
+from deltamerge.errors import DeltaMergeError
+from deltamerge.evaluation import protocols
+from deltamerge.suites import get_suite
+from deltamerge.suites.base import Suite
+from deltamerge.taskvector import TaskVector
+from deltamerge.training import get_regime, train
+
+
+def log(msg: str) -> None:
+    print(f"[deltamerge] {msg}", flush=True)
+
+
+def train_config(suite: Suite, run: RunConfig, regime: str) -> TrainConfig:
+    cfg = suite.train_config(regime, run.preset)
+    overrides = run.train.get(regime, {})
+    return TrainConfig.model_validate({**cfg.model_dump(), **overrides, "regime": regime}) if overrides else cfg
+
+
+def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path) -> Curvature:
+    cfg = run.curvature or suite.curvature_config(run.preset)
+    params = dict(backbone.named_parameters())
+    if path.exists():
+        curv = Curvature.load(path, fingerprint(backbone), params)
+        if curv.meta.get("config_hash") == config_hash(cfg):
+            log(f"curvature: reusing {path}")
+            return curv
+    log(f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — {suite.reference_description}")
+    t0 = time.perf_counter()
+    curv = estimate_curvature(backbone, suite.reference(run.preset), cfg)
+    curv.meta.update({"config_hash": config_hash(cfg), "seconds": round(time.perf_counter() - t0, 2)})
+    curv.save(path)
+    return curv
+
+
+def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task], path: Path) -> dict[str, Head]:
+    fp = fingerprint(backbone)
+    if path.exists():
+        tensors, meta = load_artifact(path, kind="heads")
+        if meta.get("base_fingerprint") == fp and set(meta["tasks"]) >= set(tasks):
+            return {t: Head.from_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{t}/")})
+                    for t in tasks}
+    heads = {name: suite.head(backbone, task) for name, task in tasks.items()}
+    tensors = {f"{t}/{k}": v for t, h in heads.items() for k, v in h.state().items()}
+    save_artifact(path, tensors, {"kind": "heads", "base_fingerprint": fp, "tasks": sorted(heads)})
+    return heads
+
+
+def load_or_train(regime: str, task: Task, backbone: Backbone, head: Head, cfg: TrainConfig,
+                  curvature: Curvature | None, vec_dir: Path, suite_name: str) -> dict[str, TaskVector]:
+    regime_cls = get_regime(regime)
+    paths = {role: vec_dir / regime / (f"{task.name}.safetensors" if role == regime_cls.output_role
+                                       else f"{task.name}.{role}.safetensors") for role in regime_cls.vector_kinds}
+    fp = fingerprint(backbone)
+    if all(p.exists() for p in paths.values()):
+        vecs = {role: TaskVector.load(p, fp) for role, p in paths.items()}
+        if all(v.meta.get("config_hash") == config_hash(cfg) for v in vecs.values()):
+            return vecs
+    vecs = train(regime, backbone, head, task.train, cfg, curvature,
+                 checkpoint=vec_dir / regime / f"{task.name}.checkpoint.safetensors", resume=True,
+                 meta={"task": task.name, "suite": suite_name})
+    for role, v in vecs.items():
+        v.save(paths[role])
+    return vecs
+
+
+def evaluate_regime(ctx: protocols.EvalContext, tasks: dict[str, Task], control: Task,
+                    vectors: dict[str, TaskVector], method: str) -> dict:
+    single = protocols.single_task(ctx, tasks, vectors)
+    return {"single": single, "addition": protocols.addition(ctx, tasks, vectors, single, method),
+            "negation": protocols.negation(ctx, tasks, vectors, control)}
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run the whole pipeline and return the results (also written to ``cfg.out/results.json``)."""
+    t_start = time.perf_counter()
+    suite = get_suite(cfg.suite)
+    for r in cfg.regimes:
+        get_regime(r)  # fail fast on an unknown regime
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    log(f"suite {suite.name} ({cfg.preset}): loading backbone and data")
+    backbone = suite.backbone()
+    tasks = suite.tasks(cfg.preset, cfg.tasks)
+    control = suite.control(cfg.preset)
+    heads = load_or_build_heads(suite, backbone, {**tasks, control.name: control}, out / "heads.safetensors")
+    timing: dict[str, float] = {}
+    curvature = None
+    if any(get_regime(r).needs_curvature for r in cfg.regimes):
+        t0 = time.perf_counter()
+        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / "curvature.safetensors")
+        timing["curvature_s"] = round(time.perf_counter() - t0, 2)
+    eval_cfg = cfg.eval or suite.eval_config(cfg.preset)
+    ctx = protocols.EvalContext(backbone, heads, eval_cfg)
+    results = {"suite": suite.name, "preset": cfg.preset, "backbone": backbone.name,
+               "base_fingerprint": fingerprint(backbone), "tasks": list(tasks), "control": control.name,
+               "merge_method": cfg.merge_method, "eval": eval_cfg.model_dump(mode="json"),
+               "hardware": {"device": str(ctx.device), "cpu": platform.processor() or platform.machine(),
+                            "threads": torch.get_num_threads(), "torch": torch.__version__},
+               "pretrained": protocols.pretrained(ctx, tasks), "regimes": {}, "teachers": {}}
+    for regime in cfg.regimes:
+        tcfg = train_config(suite, cfg, regime)
+        regime_cls = get_regime(regime)
+        t0 = time.perf_counter()
+        vecs = {name: load_or_train(regime, task, backbone, heads[name], tcfg, curvature, out / "vectors",
+                                    suite.name) for name, task in tasks.items()}
+        timing[f"train_{regime}_s"] = round(time.perf_counter() - t0, 2)
+        log(f"{regime}: evaluating (addition, negation)")
+        t0 = time.perf_counter()
+        main = {t: v[regime_cls.output_role] for t, v in vecs.items()}
+        results["regimes"][regime] = {"train": tcfg.model_dump(mode="json"),
+                                      **evaluate_regime(ctx, tasks, control, main, cfg.merge_method)}
+        for role in regime_cls.vector_kinds:
+            if role != regime_cls.output_role:  # e.g. DELTA's linearized teacher, kept for analysis
+                others = {t: v[role] for t, v in vecs.items()}
+                single = protocols.single_task(ctx, tasks, others)
+                results["teachers"][regime] = {"single": single,
+                                               "addition": protocols.addition(ctx, tasks, others, single,
+                                                                              cfg.merge_method)}
+        timing[f"eval_{regime}_s"] = round(time.perf_counter() - t0, 2)
+    timing["total_s"] = round(time.perf_counter() - t_start, 2)
+    results["timing"] = timing
+    write_json(out / "results.json", results)
+    from deltamerge.report import write_report
+
+    write_report(out)
+    return results
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DeltaMergeError(f"--out {out} exists and is not a directory")

@@ -1,0 +1,94 @@
+"""Markdown tables in the paper's format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deltamerge.errors import DeltaMergeError
+from deltamerge.report.figures import alpha_sweep
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def addition_table(res: dict) -> str:
+    pre = [v["test"] for v in res["pretrained"].values()]
+    lines = ["| Method | α | Abs. | Norm. |", "|---|---|---|---|",
+             f"| Pre-trained | — | {_pct(sum(pre) / len(pre))} | — |"]
+    for regime, r in res["regimes"].items():
+        ind = [v["finetuned_test"] for v in r["single"].values()]
+        lines.append(f"| Individual ({regime}) | — | {_pct(sum(ind) / len(ind))} | — |")
+    for regime, r in res["regimes"].items():
+        a1, best = r["addition"]["alpha_1"], r["addition"]["best"]
+        lines.append(f"| {regime} | 1.0 | {_pct(a1['abs'])} | {_pct(a1['norm'])} |")
+        lines.append(f"| | best ({best['alpha']:g}) | {_pct(best['abs'])} | {_pct(best['norm'])} |")
+    return "\n".join(lines)
+
+
+def per_task_table(res: dict) -> str:
+    tasks = res["tasks"]
+    lines = ["| | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
+    row = [res["pretrained"][t]["test"] for t in tasks]
+    lines.append("| pre-trained | " + " | ".join(_pct(x) for x in row) + f" | {_pct(sum(row) / len(row))} |")
+    for regime, r in res["regimes"].items():
+        row = [r["single"][t]["finetuned_test"] for t in tasks]
+        lines.append(f"| {regime}: fine-tuned | " + " | ".join(_pct(x) for x in row) + f" | {_pct(sum(row) / len(row))} |")
+        row = [r["addition"]["alpha_1"]["per_task"][t] for t in tasks]
+        lines.append(f"| {regime}: merged α=1 | " + " | ".join(_pct(x) for x in row) + f" | {_pct(sum(row) / len(row))} |")
+    for regime, r in res.get("teachers", {}).items():
+        row = [r["single"][t]["finetuned_test"] for t in tasks]
+        lines.append(f"| {regime} teacher: fine-tuned | " + " | ".join(_pct(x) for x in row)
+                     + f" | {_pct(sum(row) / len(row))} |")
+        row = [r["addition"]["alpha_1"]["per_task"][t] for t in tasks]
+        lines.append(f"| {regime} teacher: merged α=1 | " + " | ".join(_pct(x) for x in row)
+                     + f" | {_pct(sum(row) / len(row))} |")
+    return "\n".join(lines)
+
+
+def negation_table(res: dict) -> str:
+    lines = ["| Method | Target ↓ | Control ↑ | α per task |", "|---|---|---|---|"]
+    pre = [v["test"] for v in res["pretrained"].values()]
+    first = next(iter(res["regimes"].values()))["negation"]
+    lines.append(f"| Pre-trained | {_pct(sum(pre) / len(pre))} | {_pct(first['control_pretrained'])} | — |")
+    for regime, r in res["regimes"].items():
+        n = r["negation"]
+        alphas = ", ".join(f"{t} {v['alpha']:g}" for t, v in n["per_task"].items())
+        lines.append(f"| {regime} | {_pct(n['target'])} | {_pct(n['control'])} | {alphas} |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write REPORT.md and figures/alpha_sweep.png from run_dir/results.json."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise DeltaMergeError(f"{run_dir} has no results.json (run `deltamerge run` first)")
+    res = json.loads(path.read_text())
+    fig = alpha_sweep(res, run_dir / "figures" / "alpha_sweep.png")
+    neg = next(iter(res["regimes"].values()))["negation"]
+    timing = ", ".join(f"{k} {v:g}" for k, v in res.get("timing", {}).items())
+    text = f"""# deltamerge report: {res['suite']} ({res['preset']} preset)
+
+Backbone `{res['backbone']}` (θ0 fingerprint `{res['base_fingerprint']}`), tasks: {', '.join(res['tasks'])}.
+Merge method: {res['merge_method']}. Accuracies in %, on test splits; α chosen on validation splits.
+Hardware: {res['hardware']['device']}, {res['hardware']['threads']} threads, torch {res['hardware']['torch']}.
+
+## Task addition (θ0 + α·Σ τ_t)
+{addition_table(res)}
+
+## Per-task accuracy
+{per_task_table(res)}
+
+## Task negation (θ0 − α·τ_t; control `{res['control']}` kept ≥ {100 * neg['threshold']:.0f}% of pre-trained)
+{negation_table(res)}
+
+## α sweep
+![alpha sweep](figures/alpha_sweep.png)
+
+Timing (s): {timing}
+"""
+    out = run_dir / "REPORT.md"
+    out.write_text(text)
+    return out

@@ -1,0 +1,53 @@
+"""The suite contract."""
+
+from __future__ import annotations
+
+from deltamerge.backbones.base import Backbone, Head
+from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.data import Inputs, Task
+from deltamerge.errors import DeltaMergeError
+
+
+class Suite:
+    """A benchmark. Subclasses fill in the data and model; the pipeline only talks to this interface."""
+
+    name: str = ""
+    description: str = ""
+    sources: list[str] = []      # where weights and data come from (shown by `deltamerge suites`)
+    task_names: list[str] = []
+    control_name: str = ""
+    reference_description: str = ""
+
+    def backbone(self) -> Backbone:
+        raise NotImplementedError
+
+    def tasks(self, preset: str, names: list[str] | None = None) -> dict[str, Task]:
+        """The tasks (all, or ``names``), with splits sized for the preset."""
+        unknown = [n for n in (names or []) if n not in self.task_names]
+        if unknown:
+            raise DeltaMergeError(f"unknown task(s) {unknown} in suite '{self.name}' "
+                                  f"(known: {', '.join(self.task_names)})")
+        return {n: self.load_task(n, preset) for n in (names or self.task_names)}
+
+    def load_task(self, name: str, preset: str) -> Task:
+        raise NotImplementedError
+
+    def control(self, preset: str) -> Task:
+        raise NotImplementedError
+
+    def reference(self, preset: str) -> Inputs:
+        """Unlabelled inputs for the curvature: shares no source with the tasks."""
+        raise NotImplementedError
+
+    def head(self, backbone: Backbone, task: Task) -> Head:
+        """The frozen classifier for ``task`` (the role CLIP's zero-shot heads play)."""
+        raise NotImplementedError
+
+    def train_config(self, regime: str, preset: str) -> TrainConfig:
+        raise NotImplementedError
+
+    def curvature_config(self, preset: str) -> CurvatureConfig:
+        return CurvatureConfig()
+
+    def eval_config(self, preset: str) -> EvalConfig:
+        return EvalConfig()

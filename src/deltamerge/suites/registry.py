@@ -1,0 +1,21 @@
+"""Suites by name. Entries are imported lazily so that a suite's optional dependencies never break the others."""
+
+from __future__ import annotations
+
+import importlib
+
+from deltamerge.errors import DeltaMergeError
+from deltamerge.suites.base import Suite
+
+SUITES: dict[str, str] = {
+    "synthetic": "deltamerge.suites.synthetic:Synthetic",
+    "vision-mini": "deltamerge.suites.vision_mini:VisionMini",
+    "text-mini": "deltamerge.suites.text_mini:TextMini",
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise DeltaMergeError(f"unknown suite '{name}' (known: {', '.join(SUITES)})")
+    module, cls = SUITES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
