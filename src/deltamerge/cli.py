@@ -1,0 +1,238 @@
+"""The ``deltamerge`` command line (typer). Every user-facing failure is one message on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from deltamerge.errors import DeltaMergeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them.")
+assets_app = typer.Typer(no_args_is_help=True, help="Install the offline suites' weights and data.")
+app.add_typer(assets_app, name="assets")
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn DeltaMergeError (and a few input errors) into one clear line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DeltaMergeError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished artifacts are kept; re-run to resume", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass --force to replace it)")
+
+
+def _run_config(suite: str, regimes: str, preset: str, out: Path, tasks: Optional[str], config: Optional[Path]):
+    from deltamerge.config import RunConfig, load_yaml
+
+    if config is not None:
+        cfg = load_yaml(config, RunConfig)
+        return cfg.model_copy(update={"suite": suite, "out": out, "preset": preset})
+    return RunConfig(suite=suite, regimes=[r.strip() for r in regimes.split(",") if r.strip()], preset=preset,
+                     out=out, tasks=[t.strip() for t in tasks.split(",")] if tasks else None)
+
+
+@app.command()
+@friendly
+def run(suite: str = typer.Argument(..., help="suite name (see `deltamerge suites`)"),
+        regimes: str = typer.Option("nonlinear,linear,delta", help="comma-separated regimes"),
+        preset: str = typer.Option("quick", help="quick (CPU) or full (GPU)"),
+        out: Path = typer.Option(Path("runs/run"), help="run directory (artifacts are reused when present)"),
+        tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
+        config: Optional[Path] = typer.Option(None, help="RunConfig YAML (overrides --regimes/--tasks)")) -> None:
+    """The whole pipeline: curvature, fine-tuning per task × regime, addition, negation, report."""
+    from deltamerge.pipeline import run as run_pipeline
+    from deltamerge.report.markdown import addition_table
+
+    results = run_pipeline(_run_config(suite, regimes, preset, out, tasks, config))
+    typer.echo(addition_table(results))
+    typer.echo(f"\nresults: {out / 'results.json'}\nreport:  {out / 'REPORT.md'}")
+
+
+@app.command()
+@friendly
+def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory"),
+         suite: str = typer.Option("vision-mini", help="offline suite to run")) -> None:
+    """The offline demo: fetch the assets, then `run vision-mini --preset quick` into runs/demo."""
+    from deltamerge.assets import fetch_suite
+
+    fetch_suite(suite)
+    run(suite=suite, regimes="nonlinear,linear,delta", preset="quick", out=out, tasks=None, config=None)
+
+
+@app.command()
+@friendly
+def suites() -> None:
+    """List the suites, their tasks and where their data comes from."""
+    from deltamerge.suites import SUITES, get_suite
+
+    for name in SUITES:
+        try:
+            s = get_suite(name)
+        except ImportError as exc:  # pragma: no cover - optional dependency missing
+            typer.echo(f"{name}: unavailable ({exc})")
+            continue
+        typer.echo(f"{name}: {s.description}")
+        typer.echo(f"  tasks: {', '.join(s.task_names)}; control: {s.control_name}")
+        typer.echo(f"  reference set: {s.reference_description}")
+        for src in s.sources:
+            typer.echo(f"  source: {src}")
+
+
+@app.command()
+@friendly
+def curvature(suite: str, out: Path = typer.Option(..., help="output .safetensors"),
+              preset: str = "quick", probes: Optional[str] = typer.Option(None, help="exact or mc"),
+              kind: Optional[str] = typer.Option(None, help="ekfac or kfac"),
+              num_examples: Optional[int] = None, force: bool = False) -> None:
+    """Estimate the reference-set curvature (EK-FAC of the feature GGN) once for a suite's backbone."""
+    from deltamerge.curvature import estimate_curvature
+
+    _refuse_overwrite(out, force)
+    s = get_suite_checked(suite)
+    cfg = s.curvature_config(preset)
+    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples}.items() if v}
+    cfg = cfg.model_validate({**cfg.model_dump(), **updates})
+    curv = estimate_curvature(s.backbone(), s.reference(preset), cfg)
+    curv.save(out)
+    typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers, {curv.meta['num_data']} reference examples")
+
+
+def get_suite_checked(name: str):
+    from deltamerge.suites import get_suite
+
+    return get_suite(name)
+
+
+@app.command()
+@friendly
+def finetune(suite: str, task: str, regime: str = typer.Option("delta"),
+             out: Path = typer.Option(..., help="output task vector .safetensors"),
+             curvature_file: Optional[Path] = typer.Option(None, "--curvature", help="from `deltamerge curvature`"),
+             preset: str = "quick", steps: Optional[int] = None, lr: Optional[float] = None,
+             config: Optional[Path] = typer.Option(None, help="TrainConfig YAML"),
+             resume: bool = typer.Option(False, help="continue from OUT's checkpoint"), force: bool = False) -> None:
+    """Fine-tune one task under one regime and write its task vector (DELTA: the student; teacher beside it)."""
+    from deltamerge.artifacts import fingerprint
+    from deltamerge.config import TrainConfig, load_yaml
+    from deltamerge.curvature import Curvature
+    from deltamerge.training import get_regime, train
+
+    _refuse_overwrite(out, force)
+    s = get_suite_checked(suite)
+    regime_cls = get_regime(regime)
+    cfg = load_yaml(config, TrainConfig) if config else s.train_config(regime, preset)
+    cfg = cfg.model_validate({**cfg.model_dump(), "regime": regime,
+                              **{k: v for k, v in {"steps": steps, "lr": lr}.items() if v is not None}})
+    backbone = s.backbone()
+    curv = None
+    if regime_cls.needs_curvature:
+        if curvature_file is None:
+            raise DeltaMergeError(f"regime '{regime}' needs --curvature FILE (make one with `deltamerge curvature`)")
+        curv = Curvature.load(curvature_file, fingerprint(backbone), dict(backbone.named_parameters()))
+    t = s.tasks(preset, [task])[task]
+    vecs = train(regime, backbone, s.head(backbone, t), t.train, cfg, curv,
+                 checkpoint=out.with_suffix(".checkpoint.safetensors"), resume=resume,
+                 meta={"task": task, "suite": suite})
+    for role, vec in vecs.items():
+        path = out if role == regime_cls.output_role else out.with_name(f"{out.stem}.{role}{out.suffix}")
+        vec.save(path)
+        typer.echo(f"wrote {path} ({role}, {vec.kind}, ‖τ‖ = {vec.norm():.4g})")
+
+
+@app.command()
+@friendly
+def merge(vectors: list[Path], out: Path = typer.Option(...), method: str = "task-arithmetic",
+          alpha: float = 1.0, force: bool = False) -> None:
+    """Merge task vectors (prepare once, apply α) into one task vector file."""
+    from deltamerge.merging import get_method
+    from deltamerge.taskvector import TaskVector
+
+    _refuse_overwrite(out, force)
+    loaded = [TaskVector.load(p) for p in vectors]
+    merged = get_method(method).prepare(loaded).apply(alpha)
+    merged.meta.update({"alpha": alpha, "sources": [str(p) for p in vectors]})
+    merged.save(out)
+    typer.echo(f"wrote {out} ({method}, α = {alpha}, {len(loaded)} vectors)")
+
+
+@app.command()
+@friendly
+def evaluate(suite: str, vector: Optional[Path] = typer.Argument(None, help="task vector (none: pre-trained)"),
+             alpha: float = 1.0, preset: str = "quick", split: str = "test",
+             tasks: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Accuracy of θ0 + α·τ on every task of a suite (and its control task)."""
+    from deltamerge.artifacts import fingerprint
+    from deltamerge.evaluation.accuracy import accuracy, cap
+    from deltamerge.taskvector import TaskVector
+
+    if split not in ("val", "test"):
+        raise DeltaMergeError(f"--split must be val or test, not '{split}'")
+    s = get_suite_checked(suite)
+    backbone = s.backbone()
+    tv = TaskVector.load(vector, fingerprint(backbone), backbone) if vector else None
+    chosen = s.tasks(preset, [t.strip() for t in tasks.split(",")] if tasks else None)
+    chosen[s.control_name] = s.control(preset)
+    ecfg = s.eval_config(preset)
+    rows = {}
+    for name, t in chosen.items():
+        data = cap(getattr(t, split), ecfg.max_eval_examples)
+        rows[name] = accuracy(backbone, data, s.head(backbone, t), tv, alpha, ecfg.batch_size)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"| task | {split} accuracy (α = {alpha}) |\n|---|---|")
+    for name, acc in rows.items():
+        typer.echo(f"| {name} | {100 * acc:.1f} |")
+
+
+@app.command()
+@friendly
+def report(run_dir: Path) -> None:
+    """(Re)write REPORT.md and figures from RUN_DIR/results.json."""
+    from deltamerge.report import write_report
+
+    typer.echo(f"wrote {write_report(run_dir)}")
+
+
+@assets_app.command("fetch")
+@friendly
+def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini or text-mini (default: both)")) -> None:
+    """Download and convert what a suite needs into the cache (DELTAMERGE_CACHE, default ~/.cache/deltamerge)."""
+    from deltamerge.assets import SUITE_ASSETS, fetch_suite
+
+    for name in ([suite] if suite else list(SUITE_ASSETS)):
+        fetch_suite(name)
+        typer.echo(f"{name}: assets ready")
+
+
+@assets_app.command("list")
+@friendly
+def assets_list() -> None:
+    """Show every offline asset, its source, licence and whether it is installed."""
+    from deltamerge.assets import list_assets
+
+    for row in list_assets():
+        typer.echo(" | ".join(str(v) for v in row.values()))
+
+
+def main() -> None:  # pragma: no cover
+    app(sys.argv[1:])
