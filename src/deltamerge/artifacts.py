@@ -32,7 +32,7 @@ def fingerprint(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     digest = h.hexdigest()[:16]
     module._deltamerge_fingerprint = digest  # the backbone's θ0 never changes in place: parameters are trained as τ
     return digest
