@@ -151,6 +151,10 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
             tensors, cmeta = trainer.state(step + 1)
             save_artifact(ckpt, tensors, cmeta)
     seconds = time.perf_counter() - t0
+    for role, vec in regime.vectors.items():
+        if not all(torch.isfinite(t).all() for t in vec.values()):
+            raise DeltaMergeError(f"the {role} task vector has NaN/inf entries after {cfg.steps} steps: training "
+                                  "diverged (lower the learning rate); nothing was written")
     out = {}
     for role, vec in regime.vectors.items():
         vmeta = {"regime": regime_name, "role": role, "backbone": backbone.name, "config": cfg.model_dump(mode="json"),

@@ -1,0 +1,66 @@
+"""Task-vector arithmetic, persistence and refusal of mismatched inputs."""
+
+import pytest
+import torch
+
+from deltamerge.backbones.toy import ToyMLP
+from deltamerge.errors import DeltaMergeError
+from deltamerge.taskvector import TaskVector
+
+
+def _tv(seed=0, kind="nonlinear", fp="f" * 16, shape=(2, 3)):
+    g = torch.Generator().manual_seed(seed)
+    return TaskVector({"a": torch.randn(shape, generator=g), "b": torch.randn(4, generator=g)}, fp, kind, {"task": str(seed)})
+
+
+def test_arithmetic():
+    x, y = _tv(0), _tv(1)
+    assert torch.allclose((x + y).deltas["a"], x.deltas["a"] + y.deltas["a"])
+    assert torch.allclose((x - y).deltas["b"], x.deltas["b"] - y.deltas["b"])
+    assert torch.allclose((2.5 * x).deltas["a"], 2.5 * x.deltas["a"])
+    assert torch.allclose((-x).deltas["b"], -x.deltas["b"])
+    assert torch.allclose(TaskVector.sum([x, y, x]).deltas["a"], 2 * x.deltas["a"] + y.deltas["a"])
+
+
+def test_mismatches_are_refused():
+    with pytest.raises(DeltaMergeError, match="different base"):
+        _tv(0) + _tv(1, fp="0" * 16)
+    with pytest.raises(DeltaMergeError, match="linear"):
+        _tv(0) + _tv(1, kind="linear")
+    with pytest.raises(DeltaMergeError, match="shape mismatch"):
+        _tv(0) + _tv(1, shape=(3, 2))
+    with pytest.raises(DeltaMergeError, match="empty"):
+        TaskVector.sum([])
+
+
+def test_round_trip_and_validation(tmp_path):
+    model = ToyMLP()
+    from deltamerge.artifacts import fingerprint
+
+    fp = fingerprint(model)
+    tv = TaskVector({n: torch.randn_like(p) for n, p in model.named_parameters()}, fp, "nonlinear", {"task": "t"})
+    path = tv.save(tmp_path / "v.safetensors")
+    back = TaskVector.load(path, fp, model)
+    assert back.meta["task"] == "t" and torch.equal(back.flat(), tv.flat())
+    with pytest.raises(DeltaMergeError, match="wrong base model"):
+        TaskVector.load(path, "0" * 16)
+    other = ToyMLP(d_in=3)
+    with pytest.raises(DeltaMergeError, match="wrong base model|shape mismatch"):
+        TaskVector.load(path, model=other)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(DeltaMergeError, match="not a readable"):
+        TaskVector.load(tmp_path / "bad.safetensors")
+    with pytest.raises(DeltaMergeError, match="no such file"):
+        TaskVector.load(tmp_path / "missing.safetensors")
+
+
+def test_apply_to_materialises_weights():
+    model = ToyMLP()
+    from deltamerge.artifacts import fingerprint
+
+    tv = TaskVector({"fc1.bias": torch.ones(16)}, fingerprint(model), "nonlinear")
+    before = model.fc1.bias.detach().clone()
+    tv.apply_to(model, alpha=0.5)
+    assert torch.allclose(model.fc1.bias, before + 0.5)
+    with pytest.raises(DeltaMergeError, match="linearized"):
+        TaskVector(tv.deltas, tv.base_fingerprint, "linear").apply_to(model)
