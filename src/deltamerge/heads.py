@@ -3,8 +3,9 @@
 CLIP classifies with the cosine between the image embedding and one text embedding per class. Without a text tower,
 each class is represented by the normalised mean of k pre-trained features of that class (a few-shot prototype),
 and the features are centred on the mean of the shot set first (post-activation features are all positive, so
-uncentred cosines are nearly equal). The temperature s of the cosine logits is fitted on the shot set by a 1-D
-search minimising cross-entropy. Everything is computed once at θ0 and frozen, as zero-shot heads are.
+uncentred cosines are nearly equal). The temperature s of the cosine logits is fitted by a 1-D search minimising
+cross-entropy on held-out training examples (not the shots, which a large s separates perfectly), within CLIP's
+range s ≤ 100. Everything is computed once at θ0 and frozen, as zero-shot heads are.
 """
 
 from __future__ import annotations
@@ -27,20 +28,30 @@ def few_shot_indices(labels: Tensor, num_classes: int, shots: int, seed: int = 0
     return torch.cat(idx)
 
 
-def prototype_head(features: Tensor, labels: Tensor, num_classes: int) -> Head:
-    """Cosine-prototype head from features [N, D] and labels [N]."""
+def prototype_head(features: Tensor, labels: Tensor, num_classes: int, calib_features: Tensor | None = None,
+                   calib_labels: Tensor | None = None, max_scale: float = 100.0) -> Head:
+    """Cosine-prototype head from shot features [N, D] and labels [N]; temperature fitted on the calibration set
+    (the shots themselves when none is given)."""
     center = features.mean(0)
     z = F.normalize(features - center, dim=-1)
-    protos = torch.stack([z[labels == c].mean(0) for c in range(num_classes)])
-    protos = F.normalize(protos, dim=-1)
-    cos = z @ protos.T
-    scales = torch.logspace(0, 3, 61)
-    losses = torch.stack([F.cross_entropy(s * cos, labels) for s in scales])
+    protos = F.normalize(torch.stack([z[labels == c].mean(0) for c in range(num_classes)]), dim=-1)
+    if calib_features is None:
+        calib_features, calib_labels = features, labels
+    cos = F.normalize(calib_features - center, dim=-1) @ protos.T
+    scales = torch.logspace(0, float(torch.log10(torch.tensor(max_scale))), 41)
+    losses = torch.stack([F.cross_entropy(s * cos, calib_labels) for s in scales])
     return Head(protos, center=center, normalize=True, scale=float(scales[losses.argmin()]))
 
 
 def few_shot_head(backbone: Backbone, train: ArrayDataset, num_classes: int, shots: int, seed: int = 0,
-                  device: str | torch.device = "cpu") -> Head:
-    shot = train.subset(few_shot_indices(train.labels, num_classes, shots, seed))
-    feats = features_along(backbone, shot, None, [1.0], device=device)[1.0]
-    return prototype_head(feats, shot.labels, num_classes)
+                  device: str | torch.device = "cpu", calibration: int = 512) -> Head:
+    """Prototypes from ``shots`` examples per class; temperature from up to ``calibration`` other train examples."""
+    shot_idx = few_shot_indices(train.labels, num_classes, shots, seed)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[shot_idx] = False
+    calib_idx = rest.nonzero().flatten()
+    calib_idx = calib_idx[torch.randperm(len(calib_idx), generator=torch.Generator().manual_seed(seed))[:calibration]]
+    feats = features_along(backbone, train.subset(torch.cat([shot_idx, calib_idx])), None, [1.0], device=device)[1.0]
+    k = len(shot_idx)
+    calib = (feats[k:], train.labels[calib_idx]) if len(calib_idx) else (None, None)
+    return prototype_head(feats[:k], train.labels[shot_idx], num_classes, *calib)
