@@ -156,7 +156,12 @@ def test_curvlinops_kfac_on_trainable_convs() -> None:
 def test_real_weights_classify_skimage_photos() -> None:
     path = os.environ.get("DELTAMERGE_EFFNET_WEIGHTS")
     if not path:
-        pytest.skip("DELTAMERGE_EFFNET_WEIGHTS is not set")
+        from deltamerge import assets
+
+        if not assets.is_installed("efficientnet-lite0"):
+            pytest.skip("DELTAMERGE_EFFNET_WEIGHTS is not set and the 'efficientnet-lite0' asset is not installed "
+                        "(`deltamerge assets fetch`)")
+        path = str(assets.efficientnet_lite0_weights())
     skdata = pytest.importorskip("skimage.data")
     model = EfficientNetLite0.from_pretrained(path)
     head = EfficientNetLite0.imagenet_head(path)

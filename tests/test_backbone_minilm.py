@@ -141,7 +141,12 @@ def test_curvlinops_kfac_reduce_with_dict_inputs(tokenizer: BertTokenizerFast) -
 def test_real_model_sentence_similarity() -> None:
     path = os.environ.get("DELTAMERGE_MINILM_DIR")
     if not path:
-        pytest.skip("DELTAMERGE_MINILM_DIR is not set")
+        from deltamerge import assets
+
+        if not assets.is_installed("minilm"):
+            pytest.skip("DELTAMERGE_MINILM_DIR is not set and the 'minilm' asset is not installed "
+                        "(`deltamerge assets fetch`)")
+        path = str(assets.minilm_dir())
     model = MiniLM.from_pretrained(path)
     assert model.feature_dim == 384 and len(model.curvature_modules()) == 36
     batch = model.tokenize(["A man is playing a guitar.", "Someone plays an instrument.",
