@@ -57,3 +57,27 @@ def test_alpha_scaled_forward_equals_materialised_weights():
             if n in tau:
                 p.add_(0.7 * tau[n])
     assert torch.allclose(model.features(x, tau, 0.7), edited(x), atol=1e-6)
+
+
+def test_fused_attention_gives_a_clear_message():
+    """nn.MultiheadAttention(need_weights=False) has no forward-mode AD: the user is told what to switch."""
+    import pytest
+    from torch import nn
+
+    from deltamerge.backbones.base import Backbone
+    from deltamerge.errors import DeltaMergeError
+
+    class FusedAttention(Backbone):
+        name, feature_dim = "fused", 8
+
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.att(x, x, x, need_weights=False)[0].mean(1)
+
+    backbone = FusedAttention()
+    model = FunctionalModel(backbone, [n for n, _ in backbone.named_parameters()])
+    with pytest.raises(DeltaMergeError, match="eager"):
+        model.linearized(torch.randn(2, 3, 8), {n: torch.randn_like(p) for n, p in model.base.items()})

@@ -138,3 +138,10 @@ def test_alpha_sampling_and_schedule():
     w = cfg.model_copy(update={"warmup_steps": 10})
     assert lr_factor(0, w) == pytest.approx(0.1) and lr_factor(10, w) == pytest.approx(1.0)
     assert lr_factor(100, w) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bf16_autocast_and_released_code_variants_run():
+    backbone, head, data, curv = _setup()
+    for extra in ({"bf16": True}, {"student_ce_at": "alpha", "alpha_sampling": "curriculum", "penalty_every": 2}):
+        out = train("delta", backbone, head, data, _cfg(steps=3, **extra), curv)
+        assert torch.isfinite(out["student"].flat()).all() and out["student"].norm() > 0
