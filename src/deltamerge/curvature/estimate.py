@@ -5,6 +5,8 @@ and ``nn.Conv2d`` modules; we call it with an MSE loss on the features (whose He
 so the GGN is label-free) and rescale to G = (1/N) Σ_n J_nᵀJ_n. Two things are done here rather than in the library:
 the eigendecompositions run in float64 with a small jitter (float32 ``eigh`` fails to converge on the rank-deficient
 factors small reference sets produce), and factors are re-keyed from parameter positions to parameter names.
+Both touch curvlinops' private state (``_input_covariances``, ``_mapping``, ...), hence the 3.0.x pin in
+pyproject.toml; the brute-force GGN tests in tests/test_curvature.py catch any change of meaning.
 """
 
 from __future__ import annotations
