@@ -59,17 +59,6 @@ class ArrayDataset:
             idx = order[start:start + batch_size]
             yield take(self.inputs, idx), self.labels[idx]
 
-    def infinite_batches(self, batch_size: int, seed: int) -> Iterator[tuple[Inputs, Tensor]]:
-        """Endless reshuffled epochs; full batches only (the epoch's remainder is dropped)."""
-        g = torch.Generator().manual_seed(seed)
-        if len(self) < batch_size:
-            batch_size = len(self)
-        while True:
-            order = torch.randperm(len(self), generator=g)
-            for start in range(0, len(self) - batch_size + 1, batch_size):
-                idx = order[start:start + batch_size]
-                yield take(self.inputs, idx), self.labels[idx]
-
 
 @dataclass
 class Task:

@@ -146,7 +146,3 @@ def run(cfg: RunConfig) -> dict:
     write_report(out)
     return results
 
-
-def check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DeltaMergeError(f"--out {out} exists and is not a directory")
