@@ -153,3 +153,59 @@ def test_compile_falls_back_to_eager_when_the_graph_cannot_be_captured():
         out = wrapped(torch.arange(3.0))
     assert torch.equal(out, torch.tensor([0.0, 2.0, 4.0])) and wrapped.fallback_reason
     assert torch.equal(wrapped(torch.ones(2)), torch.full((2,), 2.0))
+
+
+# ---- penalty_skip="reuse": weight 1 every step, the last evaluated gradient applied again in between ---------------
+def _set_tau(r, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for vec in r.vectors.values():
+            for t in vec.values():
+                t.copy_(0.05 * torch.randn(t.shape, generator=gen))
+                t.grad = None
+
+
+def _step_grads(r, x, y, step: int) -> torch.Tensor:
+    for vec in r.vectors.values():
+        for t in vec.values():
+            t.grad = None
+    r.backward(x, y, step)
+    return torch.cat([t.grad.flatten() for vec in r.vectors.values() for t in vec.values()])
+
+
+@pytest.mark.parametrize("regime", ["delta", "delta-lora"])
+def test_penalty_reuse_applies_the_last_evaluated_gradient_between_evaluations(toy, regime):
+    """Step 0 (evaluated) = the paper's step; step 1 at a new τ_b = CE/KD gradient at τ_b + the penalty gradient of
+    step 0's τ_a (stale), with weight 1, not k."""
+    backbone, head, x, y, curv = toy
+    model = FunctionalModel(backbone, trainable_names(backbone, "default"))
+    base = {"beta_teacher": 1.0, "beta_student": 1.0, "alpha_sampling": "fixed", "lora_rank": 2}
+
+    def regime_with(**kw):
+        return get_regime(regime)(model, head, TrainConfig(**{**base, **kw}), curv)
+
+    reuse, paper, no_pen = (regime_with(penalty_every=3, penalty_skip="reuse"), regime_with(),
+                            regime_with(beta_teacher=0.0, beta_student=0.0))
+    for r in (reuse, paper, no_pen):
+        _set_tau(r, seed=1)
+    g0 = _step_grads(reuse, x, y, 0)
+    assert torch.allclose(g0, _step_grads(paper, x, y, 0), rtol=1e-5, atol=1e-8)
+    penalty_grad_a = _step_grads(paper, x, y, 0) - _step_grads(no_pen, x, y, 0)
+    assert penalty_grad_a.abs().max() > 1e-4  # the penalty does pull
+    for r in (reuse, no_pen):
+        _set_tau(r, seed=2)
+    g1 = _step_grads(reuse, x, y, 1)
+    assert torch.allclose(g1, _step_grads(no_pen, x, y, 1) + penalty_grad_a, rtol=1e-5, atol=1e-7)
+
+
+def test_penalty_reuse_logs_the_last_evaluated_penalty_unscaled(toy):
+    backbone, head, x, y, curv = toy
+    model = FunctionalModel(backbone, trainable_names(backbone, "default"))
+    cfg = TrainConfig(beta_teacher=1.0, beta_student=1.0, alpha_sampling="fixed", penalty_every=4, penalty_skip="reuse")
+    r = get_regime("delta")(model, head, cfg, curv)
+    _set_tau(r, seed=1)
+    first = r.backward(x, y, 0)["drift_S"]
+    assert first == pytest.approx(curv.penalty({n: t.detach() for n, t in r.vectors["student"].items()}).item(),
+                                  rel=1e-5)
+    _set_tau(r, seed=2)
+    assert r.backward(x, y, 1)["drift_S"] == pytest.approx(first, rel=1e-6)

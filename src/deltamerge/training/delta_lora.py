@@ -32,10 +32,8 @@ class DeltaLoRA(Delta):
         return self.adapters.model, self.adapters.tau()
 
     def student_drift(self, step: int) -> Tensor | None:
-        k = self.cfg.penalty_every  # every k steps with weight k, as Regime.drift
-        if step % k != 0:
-            return None
-        return k * self.curvature.lowrank_penalty(self.adapters.factors())
+        params = self.vectors["student"].values()  # the adapter factors the optimizer updates
+        return self.intermittent("student", step, params, lambda: self.curvature.lowrank_penalty(self.adapters.factors()))
 
     def learning_rate(self, role: str, name: str) -> float:
         return factor_lr(self.cfg) if role == "student" else self.cfg.lr  # LoRA student, full-FT teacher

@@ -16,6 +16,7 @@ from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.compiled import maybe_compile
 from deltamerge.training.context import TrainContext
+from deltamerge.training.intermittent import IntermittentTerm
 
 REGIMES: dict[str, type["Regime"]] = {}
 
@@ -116,13 +117,18 @@ class Regime:
     def ce(self, features: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(self.head(features.float()), labels)
 
-    def drift(self, tau: Params, step: int) -> Tensor | None:
-        """The curvature penalty, applied every ``penalty_every`` steps with weight ``penalty_every`` (None if
-        skipped this step), so its average weight is unchanged."""
-        k = self.cfg.penalty_every
-        if step % k != 0:
-            return None
-        return k * self.curvature.penalty(tau, batched=self.cfg.penalty_batched)
+    def intermittent(self, key: str, step: int, params, fn) -> Tensor | None:
+        """A penalty term ``fn()`` evaluated every ``penalty_every`` steps (``training/intermittent.py``): weight k on
+        those steps (``penalty_skip="reweight"``) or its last gradient reused in between (``"reuse"``); None when
+        nothing is added this step."""
+        if not hasattr(self, "_intermittent"):
+            self._intermittent = IntermittentTerm(self.cfg.penalty_every, self.cfg.penalty_skip)
+        return self._intermittent(key, step, list(params), fn)
+
+    def drift(self, tau: Params, step: int, key: str = "drift") -> Tensor | None:
+        """The curvature penalty L_drift(τ), every ``penalty_every`` steps (see ``intermittent``)."""
+        return self.intermittent(key, step, tau.values(),
+                                 lambda: self.curvature.penalty(tau, batched=self.cfg.penalty_batched))
 
     def compiled(self, fn):
         """``fn`` as one ``torch.compile`` graph when ``cfg.compile`` (see ``training/compiled.py``), else ``fn``."""
