@@ -22,7 +22,11 @@ class LoRA(Regime):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.adapters = LoRAAdapters(self.model, self.cfg)
-        self.vectors = {"main": self.adapters.parameters()}
+        self.vectors = {"main": self.adapters.parameters(train_a=self.trains_a())}
+
+    def trains_a(self) -> bool:
+        """Whether the A factors are optimised (B always is)."""
+        return True
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
         loss = self.ce(self.adapters.model.features(inputs, self.adapters.tau()), labels)

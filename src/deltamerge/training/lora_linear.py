@@ -20,20 +20,19 @@ from __future__ import annotations
 from torch import Tensor
 
 from deltamerge.data import Inputs
-from deltamerge.linearize import Params
-from deltamerge.training.lora_adapters import Factors, LoRAAdapters, factor_lr
-from deltamerge.training.regime import Regime, check_finite, register
+from deltamerge.training.lora import LoRA
+from deltamerge.training.regime import check_finite, register
 
 
 @register
-class LoRALinear(Regime):
+class LoRALinear(LoRA):
+    """LoRA's factors, learning rate and export; the loss is taken on the linearized model."""
+
     name = "lora-linear"
     vector_kinds = {"main": "linear"}
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.adapters = LoRAAdapters(self.model, self.cfg)
-        self.vectors = {"main": self.adapters.parameters(train_a=self.cfg.lora_linear_space == "weight")}
+    def trains_a(self) -> bool:
+        return self.cfg.lora_linear_space == "weight"
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
         f0, jtau = self.adapters.model.linearized(inputs, self.adapters.tau())
@@ -41,9 +40,3 @@ class LoRALinear(Regime):
         check_finite(loss, "loss", step)
         loss.backward()
         return {"loss": loss.item()}
-
-    def learning_rate(self, role: str, name: str) -> float:
-        return factor_lr(self.cfg)
-
-    def export(self, role: str) -> tuple[Params, Factors]:
-        return self.adapters.export()
