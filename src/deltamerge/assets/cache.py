@@ -12,9 +12,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -95,19 +95,24 @@ def lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same directory, then rename it onto ``path``."""
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None], suffix: str = "") -> None:
+    """Call ``write`` on a temporary file in the same directory, then rename it onto ``path`` (no partial files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically (temporary file + rename)."""
+    _atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -125,17 +130,8 @@ def read_json(path: Path) -> Any:
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Atomically write an uncompressed ``.npz`` (fast to load; no pickled objects)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs confuse **kwds with allow_pickle
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # numpy stubs confuse **kwds with allow_pickle
+    _atomic_write(path, lambda handle: np.savez(handle, **arrays), suffix=".npz")  # type: ignore[arg-type]
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
