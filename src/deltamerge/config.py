@@ -56,10 +56,7 @@ class TrainConfig(_Strict):
     alpha_low: float = 0.5
     alpha_high: float = 1.0
     student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
-    penalty_every: int = Field(1, ge=1)  # evaluate the drift penalty every k steps; 1 = paper
-    # how a penalty evaluated every k steps keeps its average pull (training/intermittent.py): reweight = weight k on
-    # those steps; reuse = weight 1 and its last gradient applied again in between (Adam-friendly, one τ-sized buffer)
-    penalty_skip: Literal["reweight", "reuse"] = "reweight"
+    penalty_every: int = Field(1, ge=1)  # apply the drift penalty every k steps with weight k; 1 = paper
     kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
     penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
     compile: bool = False  # torch.compile each regime's forward (+ jvp) and loss; graphs are built on the first step

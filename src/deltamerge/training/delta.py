@@ -7,9 +7,8 @@ Per step, with one α drawn per step:
 One jvp gives f0 and J·τ_T, so the teacher at θ_T (α = 1, for its CE) and at θ0 + α·τ_T (the KD target,
 f0 + α·Jτ_T) cost nothing more. The teacher's backward runs first and frees its graph before the student's forward,
 which keeps peak memory near that of the linearized step alone. Cost levers (``TrainConfig``; paper = defaults):
-``student_ce_at="alpha"`` (one student forward), ``penalty_every`` = k (penalty every k steps, reweighted by k or its
-gradient reused in between: ``penalty_skip``), ``kd_every`` = k (L_KD every k steps with weight k),
-``penalty_batched`` (exact), ``compile``, ``bf16``.
+``student_ce_at="alpha"`` (one student forward), ``penalty_every`` / ``kd_every`` = k (term every k steps with weight
+k), ``penalty_batched`` (exact), ``compile``, ``bf16``.
 """
 
 from __future__ import annotations
@@ -71,7 +70,7 @@ class Delta(Regime):
 
         # Teacher: L_T = CE(f_lin(θ_T)) + β_T·L_drift(τ_T); one jvp serves every α.
         loss_t, target = self._teacher(inputs, labels, tau_t, alpha_t)
-        drift_t = self.drift(tau_t, step, key="teacher")
+        drift_t = self.drift(tau_t, step)
         if drift_t is not None:
             loss_t = loss_t + cfg.beta_teacher * drift_t
         check_finite(loss_t, "teacher loss", step)
@@ -99,7 +98,7 @@ class Delta(Regime):
 
         logs.update({"loss_T": loss_t.item(), "loss_S": loss_s.item(), "ce_S": ce_s.item()})
         if drift_s is not None:
-            logs["drift_S"] = drift_s.item() / (cfg.penalty_every if cfg.penalty_skip == "reweight" else 1)
+            logs["drift_S"] = drift_s.item() / cfg.penalty_every
         return logs
 
     # Hooks for other student parametrizations (e.g. a LoRA student).
@@ -109,4 +108,4 @@ class Delta(Regime):
 
     def student_drift(self, step: int) -> Tensor | None:
         """β_S's term: L_drift(τ_S) (None on steps where the penalty is skipped)."""
-        return self.drift(self.vectors["student"], step, key="student")
+        return self.drift(self.vectors["student"], step)

@@ -32,8 +32,7 @@ class DeltaLoRA(Delta):
         return self.adapters.model, self.adapters.tau()
 
     def student_drift(self, step: int) -> Tensor | None:
-        params = self.vectors["student"].values()  # the adapter factors the optimizer updates
-        return self.intermittent("student", step, params, lambda: self.curvature.lowrank_penalty(self.adapters.factors()))
+        return self.every_k(step, lambda: self.curvature.lowrank_penalty(self.adapters.factors()))
 
     def learning_rate(self, role: str, name: str) -> float:
         return factor_lr(self.cfg) if role == "student" else self.cfg.lr  # LoRA student, full-FT teacher

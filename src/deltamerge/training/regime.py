@@ -16,7 +16,6 @@ from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.compiled import maybe_compile
 from deltamerge.training.context import TrainContext
-from deltamerge.training.intermittent import IntermittentTerm
 
 REGIMES: dict[str, type["Regime"]] = {}
 
@@ -117,18 +116,15 @@ class Regime:
     def ce(self, features: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(self.head(features.float()), labels)
 
-    def intermittent(self, key: str, step: int, params, fn) -> Tensor | None:
-        """A penalty term ``fn()`` evaluated every ``penalty_every`` steps (``training/intermittent.py``): weight k on
-        those steps (``penalty_skip="reweight"``) or its last gradient reused in between (``"reuse"``); None when
-        nothing is added this step."""
-        if not hasattr(self, "_intermittent"):
-            self._intermittent = IntermittentTerm(self.cfg.penalty_every, self.cfg.penalty_skip)
-        return self._intermittent(key, step, list(params), fn)
+    def every_k(self, step: int, term) -> Tensor | None:
+        """k·``term()`` on every k-th step (k = ``penalty_every``), None in between: the penalty's average weight is
+        unchanged. (Reusing its last gradient in between was tried: unstable with Adam, see docs/performance.md.)"""
+        k = self.cfg.penalty_every
+        return k * term() if step % k == 0 else None
 
-    def drift(self, tau: Params, step: int, key: str = "drift") -> Tensor | None:
-        """The curvature penalty L_drift(τ), every ``penalty_every`` steps (see ``intermittent``)."""
-        return self.intermittent(key, step, tau.values(),
-                                 lambda: self.curvature.penalty(tau, batched=self.cfg.penalty_batched))
+    def drift(self, tau: Params, step: int) -> Tensor | None:
+        """The curvature penalty L_drift(τ), every ``penalty_every`` steps (see ``every_k``)."""
+        return self.every_k(step, lambda: self.curvature.penalty(tau, batched=self.cfg.penalty_batched))
 
     def compiled(self, fn):
         """``fn`` as one ``torch.compile`` graph when ``cfg.compile`` (see ``training/compiled.py``), else ``fn``."""

@@ -9,8 +9,8 @@ form τᵀ(A ⊗ G)τ approximates mean_{x′} ‖J(x′)·τ‖², i.e. τJp's 
 
 We sum the exact per-task KFAC quadratic forms; the paper merges the other tasks' factors into one Kronecker
 product (a heuristic it bounds) so the cost stays constant in the number of tasks — with ≤ 4 tasks the sum is cheap
-and has no merging error. λ is ``TrainConfig.beta_teacher``; ``penalty_every`` / ``penalty_skip`` evaluate it every k steps
-(``training/intermittent.py``). Parameters the curvature does not cover (e.g. depthwise convs) are trained unregularized.
+and has no merging error. λ is ``TrainConfig.beta_teacher``; ``penalty_every`` applies it every k steps with
+weight k. Parameters the curvature does not cover (e.g. depthwise convs) are trained unregularized.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class TAK(Linear):
         f0, jtau = self.model.linearized(inputs, tau)
         ce = self.ce(f0 + jtau, labels)
         loss, logs = ce, {"ce": ce.item()}
-        penalty = self.intermittent("tak", step, tau.values(), lambda: tak_penalty(self.curvatures, tau))
-        if penalty is not None:  # every penalty_every steps (penalty_skip: reweighted by k, or its gradient reused)
+        penalty = self.every_k(step, lambda: tak_penalty(self.curvatures, tau))
+        if penalty is not None:  # every penalty_every steps, with weight penalty_every
             loss = loss + self.cfg.beta_teacher * penalty
             logs["tak"] = penalty.item()
         check_finite(loss, "loss", step)

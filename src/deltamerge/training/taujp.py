@@ -6,8 +6,8 @@ task vector τ causes on the *other* tasks' inputs.
 In the linearized model, adding τ to θ0 + τ_{t′} moves the features of x′ by exactly J(x′)·τ, so the penalty is the
 interference τ causes on task t′ (the paper's τJp). Each step draws a fresh batch of ``taujp_batch_size`` training
 inputs from every other task (its own reshuffled stream) and runs one jvp per other task; λ is
-``TrainConfig.beta_teacher`` and the penalty can be evaluated every ``penalty_every`` steps (``penalty_skip``,
-``training/intermittent.py``). With the per-task mean the penalty estimates Σ_{t′} τᵀ G_{t′} τ, the same quantity TAK
+``TrainConfig.beta_teacher`` and the penalty can be applied every ``penalty_every`` steps with weight
+``penalty_every``. With the per-task mean the penalty estimates Σ_{t′} τᵀ G_{t′} τ, the same quantity TAK
 approximates with KFAC, so the two share λ's scale.
 """
 
@@ -59,8 +59,8 @@ class TauJp(Linear):
         ce = self.ce(f0 + jtau, labels)
         loss, logs = ce, {"ce": ce.item()}
         batches = self.other_batches(step)  # drawn every step (also when the penalty is skipped) to stay aligned
-        penalty = self.intermittent("taujp", step, tau.values(), lambda: taujp_penalty(self.model, batches, tau))
-        if penalty is not None:  # every penalty_every steps (penalty_skip: reweighted by k, or its gradient reused)
+        penalty = self.every_k(step, lambda: taujp_penalty(self.model, batches, tau))
+        if penalty is not None:  # every penalty_every steps, with weight penalty_every
             loss = loss + self.cfg.beta_teacher * penalty
             logs["taujp"] = penalty.item()
         check_finite(loss, "loss", step)
