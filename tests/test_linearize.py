@@ -81,3 +81,38 @@ def test_fused_attention_gives_a_clear_message():
     model = FunctionalModel(backbone, [n for n, _ in backbone.named_parameters()])
     with pytest.raises(DeltaMergeError, match="eager"):
         model.linearized(torch.randn(2, 3, 8), {n: torch.randn_like(p) for n, p in model.base.items()})
+
+
+def test_jvp_failing_under_cpu_autocast_gives_a_clear_message():
+    """Trained 1x1 conv → BatchNorm → frozen depthwise conv (EfficientNet's block) has no jvp under CPU bf16 autocast
+    in torch 2.13/2.14; the user is told to train without bf16. If torch learns it, the jvp must simply work."""
+    import pytest
+    from torch import nn
+
+    from deltamerge.backbones.base import Backbone
+    from deltamerge.errors import DeltaMergeError
+
+    class ConvBlock(Backbone):
+        name, feature_dim = "convblock", 4
+
+        def __init__(self):
+            super().__init__()
+            self.expand = nn.Conv2d(3, 4, 1, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+            self.depthwise = nn.Conv2d(4, 4, 3, groups=4, bias=False)
+
+        def forward(self, x):
+            return self.depthwise(self.bn(self.expand(x))).mean((2, 3))
+
+    backbone = ConvBlock().eval()
+    model = FunctionalModel(backbone, ["expand.weight"])
+    tau = {"expand.weight": torch.randn_like(model.base["expand.weight"])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            f0, j_tau = model.linearized(torch.randn(2, 3, 8, 8), tau)
+        except DeltaMergeError as exc:
+            assert "without bf16" in str(exc)
+        else:
+            assert torch.isfinite(f0.float()).all() and torch.isfinite(j_tau.float()).all()
+    with pytest.raises(RuntimeError):  # other errors pass through unchanged
+        model.linearized(torch.randn(2, 5, 8, 8), tau)

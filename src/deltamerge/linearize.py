@@ -74,4 +74,9 @@ class FunctionalModel:
             if "forward ad" in text or "forward-mode" in text or "_efficient_attention" in text or "flash" in text \
                     or "not implemented" in text:
                 raise DeltaMergeError(f"linearization failed: {exc}\nHint: {_FUSED_ATTENTION_HINT}") from exc
+            device = next(iter(self.base.values())).device.type
+            if torch.is_autocast_enabled(device):
+                raise DeltaMergeError(f"linearization failed under bf16 autocast on {device}: {exc}\nHint: forward-mode "
+                                      f"AD of {type(self.backbone).__name__} does not run under autocast on this "
+                                      "device (seen: frozen depthwise convs on CPU); train without bf16") from exc
             raise
