@@ -22,8 +22,20 @@ class Linear(Regime):
         f0, jtau = self.model.linearized(inputs, tau)
         return self.ce(f0 + jtau, labels)
 
+    def penalty(self, tau: Params, step: int) -> Tensor | None:
+        """A regularizer added with weight ``beta_teacher`` (None: none this step). Plain linear FT has none; τJp and
+        TAK override it."""
+        return None
+
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        loss = self._loss(inputs, labels, self.vectors["main"])
+        tau = self.vectors["main"]
+        ce = self._loss(inputs, labels, tau)
+        loss, logs = ce, {"ce": ce.item()}
+        penalty = self.penalty(tau, step)
+        if penalty is not None:
+            loss = loss + self.cfg.beta_teacher * penalty
+            logs[self.name] = penalty.item()
         check_finite(loss, "loss", step)
         loss.backward()
-        return {"loss": loss.item()}
+        logs["loss"] = loss.item()
+        return logs

@@ -18,11 +18,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from deltamerge.curvature import Curvature, sum_terms
-from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import Params
 from deltamerge.training.linear import Linear
-from deltamerge.training.regime import check_finite, register
+from deltamerge.training.regime import register
 
 
 def tak_penalty(curvatures: dict[str, Curvature], tau: Params) -> Tensor:
@@ -47,16 +46,6 @@ class TAK(Linear):
             raise DeltaMergeError("the other tasks' KFAC covers none of the trained parameters: TAK would not "
                                   "regularize anything")
 
-    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        tau = self.vectors["main"]
-        f0, jtau = self.model.linearized(inputs, tau)
-        ce = self.ce(f0 + jtau, labels)
-        loss, logs = ce, {"ce": ce.item()}
-        penalty = self.every_k(step, lambda: tak_penalty(self.curvatures, tau))
-        if penalty is not None:  # every penalty_every steps, with weight penalty_every
-            loss = loss + self.cfg.beta_teacher * penalty
-            logs["tak"] = penalty.item()
-        check_finite(loss, "loss", step)
-        loss.backward()
-        logs["loss"] = loss.item()
-        return logs
+    def penalty(self, tau: Params, step: int) -> Tensor | None:
+        """Σ_{t′} τᵀ KFAC_{t′} τ, every ``penalty_every`` steps with weight ``penalty_every``."""
+        return self.every_k(step, lambda: tak_penalty(self.curvatures, tau))

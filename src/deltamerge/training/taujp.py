@@ -21,7 +21,7 @@ from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.linear import Linear
 from deltamerge.training.loop import index_stream
-from deltamerge.training.regime import check_finite, register
+from deltamerge.training.regime import register
 
 
 def taujp_penalty(model: FunctionalModel, other_batches: dict[str, Inputs], tau: Params) -> Tensor:
@@ -53,17 +53,7 @@ class TauJp(Linear):
                             for i, (name, x) in enumerate(sorted(others.items()))}
         return {name: to_device(take(others[name], next(stream)), self.device) for name, stream in self.streams.items()}
 
-    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        tau = self.vectors["main"]
-        f0, jtau = self.model.linearized(inputs, tau)
-        ce = self.ce(f0 + jtau, labels)
-        loss, logs = ce, {"ce": ce.item()}
+    def penalty(self, tau: Params, step: int) -> Tensor | None:
+        """The drift on the other tasks' inputs, every ``penalty_every`` steps with weight ``penalty_every``."""
         batches = self.other_batches(step)  # drawn every step (also when the penalty is skipped) to stay aligned
-        penalty = self.every_k(step, lambda: taujp_penalty(self.model, batches, tau))
-        if penalty is not None:  # every penalty_every steps, with weight penalty_every
-            loss = loss + self.cfg.beta_teacher * penalty
-            logs["taujp"] = penalty.item()
-        check_finite(loss, "loss", step)
-        loss.backward()
-        logs["loss"] = loss.item()
-        return logs
+        return self.every_k(step, lambda: taujp_penalty(self.model, batches, tau))
