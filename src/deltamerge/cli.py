@@ -10,7 +10,15 @@ from typing import Callable, Optional
 
 import typer
 
+from deltamerge.config.merge import MERGE_PARAMS
+from deltamerge.config.regimes import REGIME_CONFIGS
 from deltamerge.errors import DeltaMergeError
+from deltamerge.suites.registry import SUITES
+
+# Valid names for the help texts, from the (torch-free) registries; `deltamerge regimes|methods|suites` describe them.
+REGIME_NAMES = ", ".join(REGIME_CONFIGS)
+METHOD_NAMES = ", ".join(MERGE_PARAMS)
+SUITE_NAMES = ", ".join(SUITES)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them.")
@@ -44,35 +52,64 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
     return [t.strip() for t in text.split(",") if t.strip()] if text is not None else None
 
 
-def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
-                config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None):
-    """A RunConfig from the YAML file (if any) with the flags given on the command line taking precedence."""
-    from deltamerge.config import RunConfig, load_yaml
+def _suite_spec(suite: str) -> tuple[str, dict]:
+    """A suite name, or a YAML suite file → ("yaml", {"file": absolute path})."""
+    if suite.endswith((".yaml", ".yml")):
+        path = Path(suite)
+        if not path.is_file():
+            raise DeltaMergeError(f"suite file not found: {suite}")
+        return "yaml", {"file": str(path.resolve())}
+    return suite, {}
 
-    cfg = load_yaml(config, RunConfig) if config is not None else RunConfig(suite=suite)
+
+def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
+                config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None,
+                merge_param: Optional[list[str]] = None):
+    """A RunConfig from the YAML file (if any) with the flags given on the command line taking precedence."""
+    from pydantic import ValidationError
+
+    from deltamerge.config import RunConfig, load_yaml
+    from deltamerge.config.merge import parse_merge_params
+
+    name, options = _suite_spec(suite)
+    cfg = load_yaml(config, RunConfig) if config is not None else RunConfig(suite=name)
     flags = {"regimes": _split(regimes), "preset": preset, "out": out, "tasks": _split(tasks),
              "merge_method": merge_method, "extra_merges": _split(extra_merges)}
-    update = {"suite": suite, **{k: v for k, v in flags.items() if v is not None}}
-    return RunConfig.model_validate({**cfg.model_dump(), **update})
+    update = {"suite": name, **{k: v for k, v in flags.items() if v is not None}}
+    if options:
+        update["suite_options"] = {**(cfg.suite_options if cfg.suite == name else {}), **options}
+    data = {**cfg.model_dump(), **update}
+    if merge_param:  # --merge-param applies to the run's merge method
+        method = data["merge_method"]
+        data["merge_params"] = {**data["merge_params"],
+                                method: {**data["merge_params"].get(method, {}), **parse_merge_params(merge_param)}}
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise DeltaMergeError(f"invalid run settings:\n{exc}") from None
 
 
 @app.command()
 @friendly
-def run(suite: str = typer.Argument(..., help="suite name (see `deltamerge suites`)"),
-        regimes: Optional[str] = typer.Option(None, help="comma-separated regimes [default: nonlinear,linear,delta]"),
+def run(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES} (see `deltamerge suites`), or a YAML suite "
+                                  "file (docs/yaml_suites.md)"),
+        regimes: Optional[str] = typer.Option(None, help=f"comma-separated regimes of: {REGIME_NAMES} "
+                                              "[default: nonlinear,linear,delta]"),
         preset: Optional[str] = typer.Option(None, help="quick (CPU) or full (GPU) [default: quick]"),
         out: Optional[Path] = typer.Option(None, help="run directory, reused when present [default: runs/run]"),
         tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
         config: Optional[Path] = typer.Option(None, help="RunConfig YAML; flags given on the command line win"),
-        merge_method: Optional[str] = typer.Option(None, help="merge method of every regime (default "
-                                                   "task-arithmetic; see `deltamerge merge --help`)"),
-        extra_merges: Optional[str] = typer.Option(None, help="comma-separated post-hoc methods (ties, tsv, isoc, "
-                                                   "...) also evaluated on the nonlinear vectors")) -> None:
+        merge_method: Optional[str] = typer.Option(None, help=f"merge method of every regime, one of: {METHOD_NAMES} "
+                                                   "[default: task-arithmetic] (see `deltamerge methods`)"),
+        extra_merges: Optional[str] = typer.Option(None, help="comma-separated post-hoc methods also evaluated on "
+                                                   "the nonlinear vectors"),
+        merge_param: Optional[list[str]] = typer.Option(None, help="NAME=VALUE parameter of the merge method, e.g. "
+                                                        "density=0.2 (repeatable; see `deltamerge methods`)")) -> None:
     """The whole pipeline: curvature, fine-tuning per task × regime, addition, negation, report."""
     from deltamerge.pipeline import run as run_pipeline
     from deltamerge.report.markdown import addition_table
 
-    cfg = _run_config(suite, regimes, preset, out, tasks, config, merge_method, extra_merges)
+    cfg = _run_config(suite, regimes, preset, out, tasks, config, merge_method, extra_merges, merge_param)
     results = run_pipeline(cfg)
     typer.echo(addition_table(results))
     typer.echo(f"\nresults: {cfg.out / 'results.json'}\nreport:  {cfg.out / 'REPORT.md'}")
@@ -87,16 +124,19 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory"),
 
     fetch_suite(suite)
     run(suite=suite, regimes="nonlinear,linear,delta", preset="quick", out=out, tasks=None, config=None,
-        merge_method=None, extra_merges=None)
+        merge_method=None, extra_merges=None, merge_param=None)
 
 
 @app.command()
 @friendly
 def suites() -> None:
     """List the suites, their tasks and where their data comes from."""
-    from deltamerge.suites import SUITES, get_suite
+    from deltamerge.suites import get_suite
 
     for name in SUITES:
+        if name == "yaml":
+            typer.echo("yaml: your own suite from a YAML file: `deltamerge run my_suite.yaml` (docs/yaml_suites.md)")
+            continue
         try:
             s = get_suite(name)
         except ImportError as exc:  # pragma: no cover - optional dependency missing
@@ -131,31 +171,48 @@ def curvature(suite: str, out: Path = typer.Option(..., help="output .safetensor
 def get_suite_checked(name: str):
     from deltamerge.suites import get_suite
 
-    return get_suite(name)
+    return get_suite(*_suite_spec(name))
 
 
 @app.command()
 @friendly
-def finetune(suite: str, task: str, regime: str = typer.Option("delta"),
+def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a YAML suite file"),
+             task: str = typer.Argument(..., help="task of the suite"),
+             regime: Optional[str] = typer.Option(None, help=f"one of: {REGIME_NAMES} (see `deltamerge regimes`) "
+                                                  "[default: the --config file's regime, else delta]"),
              out: Path = typer.Option(..., help="output task vector .safetensors"),
              curvature_file: Optional[Path] = typer.Option(None, "--curvature", help="from `deltamerge curvature`"),
              preset: str = "quick", steps: Optional[int] = None, lr: Optional[float] = None,
-             config: Optional[Path] = typer.Option(None, help="TrainConfig YAML"),
+             config: Optional[Path] = typer.Option(None, help="training settings YAML (the regime's fields, see "
+                                                  "docs/config.md); replaces the suite's defaults"),
              resume: bool = typer.Option(False, help="continue from OUT's checkpoint"), force: bool = False,
              others: Optional[str] = typer.Option(None, help="taujp/tak: comma-separated other tasks to regularize "
                                                   "against (default: every other task of the suite)")) -> None:
-    """Fine-tune one task under one regime and write its task vector (DELTA: the student; teacher beside it)."""
+    """Fine-tune one task under one regime and write its task vector (DELTA: the student; teacher beside it), with
+    its per-step log (OUT stem + .log.jsonl)."""
+    from deltamerge import rundir
     from deltamerge.artifacts import fingerprint
-    from deltamerge.config import TrainConfig, load_yaml
+    from deltamerge.config import read_yaml, train_config, with_overrides
     from deltamerge.curvature import Curvature
     from deltamerge.training import get_regime, train
 
     _refuse_overwrite(out, force)
     s = get_suite_checked(suite)
+    if config:
+        data = read_yaml(config)
+        if regime is not None and data.get("regime", regime) != regime:
+            raise DeltaMergeError(f"--regime {regime} contradicts regime '{data['regime']}' in {config}")
+        regime = regime or data.pop("regime", "delta")
+        data.pop("regime", None)
+        try:
+            cfg = train_config(regime, **data)
+        except DeltaMergeError as exc:
+            raise DeltaMergeError(f"invalid config {config}: {exc}") from None
+    else:
+        regime = regime or "delta"
+        cfg = s.train_config(get_regime(regime).name, preset)
     regime_cls = get_regime(regime)
-    cfg = load_yaml(config, TrainConfig) if config else s.train_config(regime, preset)
-    cfg = cfg.model_validate({**cfg.model_dump(), "regime": regime,
-                              **{k: v for k, v in {"steps": steps, "lr": lr}.items() if v is not None}})
+    cfg = with_overrides(cfg, {k: v for k, v in {"steps": steps, "lr": lr}.items() if v is not None})
     backbone = s.backbone()
     why = regime_cls.unsupported_reason(backbone)
     if why:
@@ -179,11 +236,10 @@ def finetune(suite: str, task: str, regime: str = typer.Option("delta"),
         context = OtherTasks(s, backbone, loaded, preset, out.parent / "task_curvature").context(
             regime_cls.needs_others, task)
     t = loaded[task]
-    vecs = train(regime, backbone, s.head(backbone, t), t.train, cfg, curv,
-                 checkpoint=out.with_suffix(".checkpoint.safetensors"), resume=resume,
-                 meta={"task": task, "suite": suite}, context=context)
+    vecs = train(backbone, s.head(backbone, t), t.train, cfg, curv, checkpoint=rundir.checkpoint_path(out),
+                 resume=resume, meta={"task": task, "suite": s.name}, context=context, log_file=rundir.log_path(out))
     for role, vec in vecs.items():
-        path = out if role == regime_cls.output_role else out.with_name(f"{out.stem}.{role}{out.suffix}")
+        path = rundir.role_path(out, role, regime_cls.output_role)
         vec.save(path)
         typer.echo(f"wrote {path} ({role}, {vec.kind}, ‖τ‖ = {vec.norm():.4g})")
 
@@ -191,19 +247,49 @@ def finetune(suite: str, task: str, regime: str = typer.Option("delta"),
 @app.command()
 @friendly
 def merge(vectors: list[Path], out: Path = typer.Option(...),
-          method: str = typer.Option("task-arithmetic", help="task-arithmetic, ties, tsv (TSV-M), isoc (Iso-C), "
-                                     "core (Core Space + TSV-M, LoRA vectors), core-isoc; see docs/merging.md"),
+          method: str = typer.Option("task-arithmetic", help=f"one of: {METHOD_NAMES} (see `deltamerge methods` and "
+                                     "docs/merging.md)"),
+          merge_param: Optional[list[str]] = typer.Option(None, help="NAME=VALUE parameter of the method, e.g. "
+                                                          "density=0.2 (repeatable)"),
           alpha: float = 1.0, force: bool = False) -> None:
     """Merge task vectors (prepare once, apply α) into one task vector file."""
+    from deltamerge.config.merge import parse_merge_params
     from deltamerge.merging import get_method
     from deltamerge.taskvector import TaskVector
 
     _refuse_overwrite(out, force)
+    merger = get_method(method, **parse_merge_params(merge_param or []))
     loaded = [TaskVector.load(p) for p in vectors]
-    merged = get_method(method).prepare(loaded).apply(alpha)
+    merged = merger.prepare(loaded).apply(alpha)
     merged.meta.update({"alpha": alpha, "sources": [str(p) for p in vectors]})
     merged.save(out)
     typer.echo(f"wrote {out} ({method}, α = {alpha}, {len(loaded)} vectors)")
+
+
+@app.command()
+@friendly
+def regimes() -> None:
+    """List the fine-tuning regimes, one line each (settings: docs/config.md)."""
+    from deltamerge.config import config_class
+    from deltamerge.training import REGIMES
+
+    for name, cls in REGIMES.items():
+        doc = (cls.__doc__ or config_class(name).__doc__ or "").strip().splitlines()[0]
+        needs = [w for w, on in (("curvature", cls.needs_curvature), (f"other tasks' {cls.needs_others}",
+                                                                       cls.needs_others)) if on]
+        typer.echo(f"{name}: {doc}" + (f" [needs {', '.join(needs)}]" if needs else ""))
+
+
+@app.command()
+@friendly
+def methods() -> None:
+    """List the merge methods and their parameters (set with --merge-param NAME=VALUE), one line each."""
+    from deltamerge.merging import METHODS
+
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        params = cls.describe_params()
+        typer.echo(f"{name}: {doc}" + (f" [parameters: {params}]" if params else ""))
 
 
 @app.command()
@@ -238,8 +324,8 @@ def evaluate(suite: str, vector: Optional[Path] = typer.Argument(None, help="tas
 
 @app.command()
 @friendly
-def tune(suite: str = typer.Argument(..., help="suite name"),
-         regime: str = typer.Option("delta", help="regime whose settings are searched"),
+def tune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}"),
+         regime: str = typer.Option("delta", help=f"regime whose settings are searched, one of: {REGIME_NAMES}"),
          grid: list[str] = typer.Option(..., help="NAME=V1,V2,... (repeatable; beta= sets both betas)"),
          preset: str = typer.Option("quick", help="quick (CPU) or full (GPU)"),
          out: Path = typer.Option(..., help="search directory (vectors per grid point are reused)"),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from deltamerge.errors import DeltaMergeError
-from deltamerge.suites.base import Suite
+
+if TYPE_CHECKING:  # the registry itself stays light (the CLI lists its names without importing torch)
+    from deltamerge.suites.base import Suite
 
 SUITES: dict[str, str] = {
     "synthetic": "deltamerge.suites.synthetic:Synthetic",
@@ -17,7 +20,7 @@ SUITES: dict[str, str] = {
 }
 
 
-def get_suite(name: str, options: dict | None = None) -> Suite:
+def get_suite(name: str, options: dict | None = None) -> "Suite":
     """The suite ``name``, configured with ``options`` (suites that take none refuse any)."""
     if name not in SUITES:
         raise DeltaMergeError(f"unknown suite '{name}' (known: {', '.join(SUITES)})")

@@ -15,17 +15,18 @@ from tqdm.auto import tqdm
 
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import TrainConfig, config_hash, resolve_device
+from deltamerge.config import BaseTrainConfig, as_train_config, config_hash, resolve_device
 from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, take, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
+from deltamerge.training.logs import StepLog
 from deltamerge.training.regime import Regime, get_regime, trainable_names
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, cfg: BaseTrainConfig) -> float:
     """Linear warm-up to 1, then cosine annealing to 0 (or constant)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -52,7 +53,7 @@ def index_stream(n: int, batch_size: int, seed: int, start_step: int = 0):
 class _Trainer:
     """Holds the optimizer state of one run so it can be checkpointed and resumed."""
 
-    def __init__(self, regime: Regime, cfg: TrainConfig) -> None:
+    def __init__(self, regime: Regime, cfg: BaseTrainConfig) -> None:
         self.regime, self.cfg = regime, cfg
         self.params: list[tuple[str, str, Tensor]] = [
             (role, n, t) for role, vec in regime.vectors.items() for n, t in vec.items()]
@@ -116,13 +117,17 @@ class _Trainer:
         return step
 
 
-def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, cfg: TrainConfig,
+def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConfig,
           curvature: Curvature | None = None, checkpoint: str | Path | None = None, resume: bool = False,
-          meta: dict | None = None, context: TrainContext | None = None) -> dict[str, TaskVector]:
-    """Fine-tune one task under one regime; returns the task vectors by role (the output role is the product).
+          meta: dict | None = None, context: TrainContext | None = None,
+          log_file: str | Path | None = None) -> dict[str, TaskVector]:
+    """Fine-tune one task under the regime ``cfg.regime``; returns the task vectors by role (the output role is the
+    product). Build ``cfg`` with ``deltamerge.config.train_config(regime, **settings)``.
 
-    ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``."""
-    regime_cls = get_regime(regime_name)
+    ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``;
+    ``log_file`` receives the per-step logs as JSONL (and TensorBoard events beside it, see ``training/logs.py``)."""
+    cfg = as_train_config(cfg)
+    regime_name, regime_cls = cfg.regime, get_regime(cfg.regime)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -145,6 +150,7 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
     bar = tqdm(range(start, cfg.steps), desc=f"{regime_name}:{(meta or {}).get('task', '')}", disable=not show,
                leave=False, initial=start, total=cfg.steps)
     logs: dict[str, float] = {}
+    step_log = StepLog(log_file, start, {"regime": regime_name, **(meta or {})}) if log_file else None
     t0 = time.perf_counter()
     for step in bar:
         idx = next(batches)
@@ -157,6 +163,8 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
         trainer.decay()
         trainer.opt.step()
         regime.after_step()
+        if step_log is not None:
+            step_log.write(step, cfg.lr * lr_factor(step, cfg), logs)
         trainer.sched.step()
         if show and step % 10 == 0:
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
@@ -165,6 +173,8 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
             tensors, cmeta = trainer.state(step + 1)
             save_artifact(ckpt, tensors, cmeta)
     seconds = time.perf_counter() - t0
+    if step_log is not None:
+        step_log.close()
     for role, vec in regime.vectors.items():
         if not all(torch.isfinite(t).all() for t in vec.values()):
             raise DeltaMergeError(f"the {role} task vector has NaN/inf entries after {cfg.steps} steps: training "

@@ -1,0 +1,71 @@
+"""The cached stages of a run: each writes a file in the run directory and reuses it when its inputs are unchanged
+(heads by base fingerprint, curvature by config hash, task vectors by config hash and other tasks)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from deltamerge import rundir
+from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
+from deltamerge.backbones.base import Backbone, Head
+from deltamerge.config import BaseTrainConfig, RunConfig, config_hash
+from deltamerge.curvature import Curvature, estimate_curvature
+from deltamerge.data import Task
+from deltamerge.suites.base import Suite
+from deltamerge.taskvector import TaskVector
+from deltamerge.training import TrainContext, get_regime, train
+
+
+def log(msg: str) -> None:
+    print(f"[deltamerge] {msg}", flush=True)
+
+
+def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path) -> Curvature:
+    cfg = run.curvature or suite.curvature_config(run.preset)
+    params = dict(backbone.named_parameters())
+    if path.exists():
+        curv = Curvature.load(path, fingerprint(backbone), params)
+        if curv.meta.get("config_hash") == config_hash(cfg):
+            log(f"curvature: reusing {path}")
+            return curv
+    log(f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — {suite.reference_description}")
+    t0 = time.perf_counter()
+    curv = estimate_curvature(backbone, suite.reference(run.preset), cfg)
+    curv.meta.update({"config_hash": config_hash(cfg), "seconds": round(time.perf_counter() - t0, 2)})
+    curv.save(path)
+    return curv
+
+
+def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task], path: Path) -> dict[str, Head]:
+    fp = fingerprint(backbone)
+    if path.exists():
+        tensors, meta = load_artifact(path, kind="heads")
+        if meta.get("base_fingerprint") == fp and set(meta["tasks"]) >= set(tasks):
+            return {t: Head.from_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{t}/")})
+                    for t in tasks}
+    heads = {name: suite.head(backbone, task) for name, task in tasks.items()}
+    tensors = {f"{t}/{k}": v for t, h in heads.items() for k, v in h.state().items()}
+    save_artifact(path, tensors, {"kind": "heads", "base_fingerprint": fp, "tasks": sorted(heads)})
+    return heads
+
+
+def load_or_train(task: Task, backbone: Backbone, head: Head, cfg: BaseTrainConfig, curvature: Curvature | None,
+                  vec_root: Path, suite_name: str, context: TrainContext | None = None) -> dict[str, TaskVector]:
+    """Train ``task`` under ``cfg.regime``, or reuse its vectors under ``vec_root`` if they were trained with the same
+    config (and, for τJp/TAK, the same other tasks). The per-step log is written next to the vectors."""
+    regime = cfg.regime
+    others = context.signature() if context is not None else None
+    paths = rundir.vector_paths(vec_root, regime, task.name)
+    main = paths[get_regime(regime).output_role]
+    fp = fingerprint(backbone)
+    if all(p.exists() for p in paths.values()):
+        vecs = {role: TaskVector.load(p, fp) for role, p in paths.items()}
+        if all(v.meta.get("config_hash") == config_hash(cfg) and v.meta.get("others") == others
+               for v in vecs.values()):
+            return vecs
+    vecs = train(backbone, head, task.train, cfg, curvature, checkpoint=rundir.checkpoint_path(main), resume=True,
+                 meta={"task": task.name, "suite": suite_name}, context=context, log_file=rundir.log_path(main))
+    for role, v in vecs.items():
+        v.save(paths[role])
+    return vecs
