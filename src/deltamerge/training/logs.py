@@ -36,7 +36,8 @@ class StepLog:
             for row in [{"meta": meta or {}}, *kept]:
                 fh.write(json.dumps(row) + "\n")
         self.fh = self.path.open("a")
-        self.tb = _tensorboard_writer(self.path.with_suffix(".tb"), start_step) if tensorboard else None
+        tb_dir = self.path.with_name(self.path.name.removesuffix(".jsonl").removesuffix(".log") + ".tb")
+        self.tb = _tensorboard_writer(tb_dir, start_step) if tensorboard else None
 
     def write(self, step: int, lr: float, logs: dict[str, float]) -> None:
         row = {"step": step, "lr": lr, **{k: float(v) for k, v in logs.items()}}
