@@ -282,7 +282,7 @@ def compute_diagnostics(run_dir: str | Path, dcfg: DiagnosticsConfig | None = No
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     dcfg = dcfg or cfg.diagnostics or default_config(cfg.preset)
-    tasks = list(loaded.tasks) if loaded is not None else (cfg.tasks or _suite_task_names(cfg.suite))
+    tasks = list(loaded.tasks) if loaded is not None else (cfg.tasks or _suite_task_names(cfg))
     skipped = {}
     if (run_dir / "results.json").is_file():  # regimes the run skipped (e.g. attn-only without attention)
         skipped = json.loads((run_dir / "results.json").read_text()).get("skipped", {})
@@ -308,7 +308,7 @@ def compute_diagnostics(run_dir: str | Path, dcfg: DiagnosticsConfig | None = No
     return cache
 
 
-def _suite_task_names(suite: str) -> list[str]:
+def _suite_task_names(cfg: RunConfig) -> list[str]:
     from deltamerge.suites import get_suite
 
-    return list(get_suite(suite).task_names)
+    return list(get_suite(cfg.suite, cfg.suite_options).task_names)

@@ -17,11 +17,15 @@ SUITES: dict[str, str] = {
     "vision8": "deltamerge.suites.vision_hub:Vision8",
     "vision14": "deltamerge.suites.vision_hub:Vision14",
     "nli6": "deltamerge.suites.nli_hub:NLI6",
+    "yaml": "deltamerge.suites.yaml_suite:YamlSuite",  # your own suite from a YAML file (option: file)
 }
 
 
 def get_suite(name: str, options: dict | None = None) -> "Suite":
-    """The suite ``name``, configured with ``options`` (suites that take none refuse any)."""
+    """The suite ``name``, configured with ``options`` (suites that take none refuse any); a path ending in .yaml or
+    .yml is a YAML suite file."""
+    if name.endswith((".yaml", ".yml")):
+        name, options = "yaml", {**(options or {}), "file": name}
     if name not in SUITES:
         raise DeltaMergeError(f"unknown suite '{name}' (known: {', '.join(SUITES)})")
     module, cls = SUITES[name].split(":")
