@@ -18,7 +18,7 @@ from deltamerge.suites.registry import SUITES
 # Valid names for the help texts, from the (torch-free) registries; `deltamerge regimes|methods|suites` describe them.
 REGIME_NAMES = ", ".join(REGIME_CONFIGS)
 METHOD_NAMES = ", ".join(MERGE_PARAMS)
-SUITE_NAMES = ", ".join(SUITES)
+SUITE_NAMES = ", ".join(n for n in SUITES if n != "yaml")  # "yaml" is reached by giving a .yaml file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them.")
@@ -94,13 +94,13 @@ def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: 
 def run(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES} (see `deltamerge suites`), or a YAML suite "
                                   "file (docs/yaml_suites.md)"),
         regimes: Optional[str] = typer.Option(None, help=f"comma-separated regimes of: {REGIME_NAMES} "
-                                              "[default: nonlinear,linear,delta]"),
-        preset: Optional[str] = typer.Option(None, help="quick (CPU) or full (GPU) [default: quick]"),
-        out: Optional[Path] = typer.Option(None, help="run directory, reused when present [default: runs/run]"),
+                                              "(default: nonlinear,linear,delta)"),
+        preset: Optional[str] = typer.Option(None, help="quick (CPU) or full (GPU) (default: quick)"),
+        out: Optional[Path] = typer.Option(None, help="run directory, reused when present (default: runs/run)"),
         tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
         config: Optional[Path] = typer.Option(None, help="RunConfig YAML; flags given on the command line win"),
         merge_method: Optional[str] = typer.Option(None, help=f"merge method of every regime, one of: {METHOD_NAMES} "
-                                                   "[default: task-arithmetic] (see `deltamerge methods`)"),
+                                                   "(default: task-arithmetic; see `deltamerge methods`)"),
         extra_merges: Optional[str] = typer.Option(None, help="comma-separated post-hoc methods also evaluated on "
                                                    "the nonlinear vectors"),
         merge_param: Optional[list[str]] = typer.Option(None, help="NAME=VALUE parameter of the merge method, e.g. "
@@ -179,7 +179,7 @@ def get_suite_checked(name: str):
 def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a YAML suite file"),
              task: str = typer.Argument(..., help="task of the suite"),
              regime: Optional[str] = typer.Option(None, help=f"one of: {REGIME_NAMES} (see `deltamerge regimes`) "
-                                                  "[default: the --config file's regime, else delta]"),
+                                                  "(default: the --config file's regime, else delta)"),
              out: Path = typer.Option(..., help="output task vector .safetensors"),
              curvature_file: Optional[Path] = typer.Option(None, "--curvature", help="from `deltamerge curvature`"),
              preset: str = "quick", steps: Optional[int] = None, lr: Optional[float] = None,
@@ -274,7 +274,7 @@ def regimes() -> None:
     from deltamerge.training import REGIMES
 
     for name, cls in REGIMES.items():
-        doc = (cls.__doc__ or config_class(name).__doc__ or "").strip().splitlines()[0]
+        doc = (config_class(name).__doc__ or cls.__doc__ or "").strip().splitlines()[0]
         needs = [w for w, on in (("curvature", cls.needs_curvature), (f"other tasks' {cls.needs_others}",
                                                                        cls.needs_others)) if on]
         typer.echo(f"{name}: {doc}" + (f" [needs {', '.join(needs)}]" if needs else ""))
