@@ -83,7 +83,7 @@ def measure_train(args, model: str, key: str, device: torch.device) -> dict:
         trainer.decay()
         trainer.opt.step()
 
-    cycle = max(cfg.penalty_every, cfg.kd_every)
+    cycle = max(getattr(cfg, "penalty_every", 1), getattr(cfg, "kd_every", 1))  # regimes without them: 1
     steps = args.steps + (-args.steps) % cycle  # whole cycles for a lever acting every k steps
     seconds = time_calls(step, device, args.warmup, steps)
     return {"model": model, "model_description": spec.description, "row": key, "description": description,
