@@ -56,7 +56,7 @@ def resolve_device(name: str):
 def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device")) -> str:
     """Short hash of the settings that change a result (progress bars, checkpoint cadence, device excluded).
 
-    Hashes the fields the configuration *has*: since the per-regime training configs a regime's
-    hash covers its own fields only, so hashes written before that differ and such vectors are retrained once."""
+    Hashes the fields the configuration *has*: a training config holds its regime's fields only (config/regimes.py),
+    so hashes written by the earlier single TrainConfig differ and such vectors are retrained once (docs/config.md)."""
     data = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignore}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
