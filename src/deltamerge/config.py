@@ -12,7 +12,7 @@ from deltamerge.errors import DeltaMergeError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN/inf settings are refused everywhere
 
 
 class CurvatureConfig(_Strict):
@@ -79,6 +79,8 @@ class TrainConfig(_Strict):
     talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
     progress: bool = True
+    # divergence: stop when ‖τ‖/‖θ0‖ exceeds this (training/safety.py); None disables the check
+    max_update_ratio: Optional[float] = Field(10.0, gt=0)
 
 
 class EvalConfig(_Strict):
@@ -145,8 +147,15 @@ def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
     try:
         data = yaml.safe_load(path.read_text()) or {}
         return model.model_validate(data)
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise DeltaMergeError(f"invalid config {path}:\n{exc}") from None
+    except ValidationError as exc:
+        from deltamerge.errors import validation_message
+
+        raise DeltaMergeError(f"invalid config {path}: {validation_message(exc)}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise DeltaMergeError(f"invalid config {path}: not readable YAML ({' '.join(str(exc).split())[:200]})") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeltaMergeError(f"cannot read config {path}: {exc}") from None
 
 
 def resolve_device(name: str):
@@ -157,8 +166,10 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device")) -> str:
-    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device excluded)."""
+def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device",
+                                                           "max_update_ratio")) -> str:
+    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device and the
+    divergence bound excluded)."""
     import hashlib
     import json
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact, write_json
+from deltamerge.run_dir import claim_run_dir, commit_vectors, resolve_checkpoint
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import EvalConfig, RunConfig, TrainConfig, config_hash
 from deltamerge.curvature import Curvature, estimate_curvature
@@ -22,6 +23,7 @@ from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import get_method
 from deltamerge.other_tasks import OtherTasks
+from deltamerge.safeio import atomic_write_text as write_text
 from deltamerge.suites import get_suite
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
@@ -58,7 +60,8 @@ def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task]
     fp = fingerprint(backbone)
     if path.exists():
         tensors, meta = load_artifact(path, kind="heads")
-        if meta.get("base_fingerprint") == fp and set(meta["tasks"]) >= set(tasks):
+        if meta.get("base_fingerprint") == fp and isinstance(meta.get("tasks"), list) and \
+                set(map(str, meta["tasks"])) >= set(tasks):
             return {t: Head.from_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{t}/")})
                     for t in tasks}
     heads = {name: suite.head(backbone, task) for name, task in tasks.items()}
@@ -69,24 +72,29 @@ def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task]
 
 def load_or_train(regime: str, task: Task, backbone: Backbone, head: Head, cfg: TrainConfig,
                   curvature: Curvature | None, vec_dir: Path, suite_name: str,
-                  context: TrainContext | None = None) -> dict[str, TaskVector]:
-    """Reuse the task's vectors if trained with the same config (and, for τJp/TAK, the same other tasks)."""
+                  context: TrainContext | None = None, force: bool = False) -> dict[str, TaskVector]:
+    """Reuse the task's vectors if trained with the same config (and, for τJp/TAK, the same other tasks); vectors
+    or an interrupted run's checkpoint made with other settings are replaced only with ``force``."""
     regime_cls = get_regime(regime)
     others = context.signature() if context is not None else None
     paths = {role: vec_dir / regime / (f"{task.name}.safetensors" if role == regime_cls.output_role
                                        else f"{task.name}.{role}.safetensors") for role in regime_cls.vector_kinds}
     fp = fingerprint(backbone)
-    if all(p.exists() for p in paths.values()):
-        vecs = {role: TaskVector.load(p, fp) for role, p in paths.items()}
-        if all(v.meta.get("config_hash") == config_hash(cfg) and v.meta.get("others") == others
-               for v in vecs.values()):
-            return vecs
-    vecs = train(regime, backbone, head, task.train, cfg, curvature,
-                 checkpoint=vec_dir / regime / f"{task.name}.checkpoint.safetensors", resume=True,
-                 meta={"task": task.name, "suite": suite_name}, context=context)
-    for role, v in vecs.items():
-        v.save(paths[role])
-    return vecs
+    existing = {role: TaskVector.load(p, fp) for role, p in paths.items() if p.exists()}
+    same = {role: v.meta.get("config_hash") == config_hash(cfg) and v.meta.get("others") == others
+            for role, v in existing.items()}
+    if len(existing) == len(paths) and all(same.values()):
+        return existing
+    ckpt = resolve_checkpoint(vec_dir / regime / f"{task.name}.checkpoint.safetensors", cfg, force, log)
+    if not all(same.values()) and not force:
+        stale = next(paths[r] for r, ok in same.items() if not ok)
+        raise DeltaMergeError(f"{stale} was trained with other settings than this run's; pass --force to retrain "
+                              "and replace it, or choose another --out")
+    order = [r for r in paths if r != regime_cls.output_role] + [regime_cls.output_role]  # main output last
+    return train(regime, backbone, head, task.train, cfg, curvature, checkpoint=ckpt, resume=True,
+                 meta={"task": task.name, "suite": suite_name}, context=context,
+                 commit=lambda vecs: commit_vectors({paths[r]: vecs[r] for r in order}, ckpt,
+                                                    "re-run the same `deltamerge run`"))
 
 
 def evaluate_regime(ctx: protocols.EvalContext, tasks: dict[str, Task], control: Task,
@@ -102,11 +110,36 @@ def evaluate_merge(ctx: protocols.EvalContext, tasks: dict[str, Task], control: 
             "negation": protocols.negation(ctx, tasks, vectors, control, method)}
 
 
-def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
+def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict:
     """Run the whole pipeline and return the results (also written to ``cfg.out/results.json``). ``suite`` replaces
-    the one named by ``cfg.suite`` (e.g. a hub suite fed with local tables)."""
+    the one named by ``cfg.suite`` (e.g. a hub suite fed with local tables).
+
+    The run directory is locked while this runs; one holding a run with another configuration is reused only with
+    ``force`` (results replaced; vectors trained with the same settings still reused) — see ``run_dir.py``."""
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
+    for r in cfg.regimes:
+        get_regime(r)
+    validate_overrides(suite, cfg)
+    with claim_run_dir(Path(cfg.out), cfg, force):
+        return _run(cfg, suite, force, t_start)
+
+
+def validate_overrides(suite: Suite, cfg: RunConfig) -> None:
+    """Every ``train:`` override of the RunConfig must give a valid TrainConfig — checked before any work."""
+    from pydantic import ValidationError
+
+    from deltamerge.errors import validation_message
+
+    for regime in cfg.train:
+        get_regime(regime)  # a misspelt regime name is an error, not an ignored override
+        try:
+            train_config(suite, cfg, regime)
+        except ValidationError as exc:
+            raise DeltaMergeError(f"invalid config: {validation_message(exc, where=f'train.{regime}')}") from None
+
+
+def _run(cfg: RunConfig, suite: Suite, force: bool, t_start: float) -> dict:
     for r in cfg.regimes:
         get_regime(r)  # fail fast on an unknown regime
     for m in [cfg.merge_method, *cfg.extra_merges]:
@@ -115,8 +148,7 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
         raise DeltaMergeError(f"extra merges {cfg.extra_merges} apply to the regimes {cfg.extra_merges_on}, none "
                               f"of which is run (regimes: {cfg.regimes})")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     log(f"suite {suite.name} ({cfg.preset}): loading backbone and data")
     backbone = suite.backbone()
     tasks = suite.tasks(cfg.preset, cfg.tasks)
@@ -158,7 +190,8 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
         vecs = {name: load_or_train(regime, task, backbone, heads[name],
                                     suite.task_train_config(tcfg, task, cfg.preset) if per_task else tcfg,
                                     curvature, out / "vectors", suite.name,
-                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others else None)
+                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others else None,
+                                    force=force)
                 for name, task in tasks.items()}
         timing[f"train_{regime}_s"] = round(time.perf_counter() - t0, 2)
         log(f"{regime}: evaluating (addition, negation)")

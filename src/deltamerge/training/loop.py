@@ -8,6 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ from deltamerge.linearize import FunctionalModel
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
 from deltamerge.training.regime import Regime, get_regime, trainable_names
+from deltamerge.training.safety import check_divergence, finish
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -96,9 +98,13 @@ class _Trainer:
 
     def load(self, path: Path) -> int:
         tensors, meta = load_artifact(path, kind="checkpoint")
-        if meta["config_hash"] != config_hash(self.cfg):
+        if meta.get("config_hash") != config_hash(self.cfg):
             raise DeltaMergeError(f"checkpoint {path} was written with a different configuration; remove it or "
                                   "run without --resume")
+        missing = [f"vec/{role}/{n}" for role, n, _ in self.params if f"vec/{role}/{n}" not in tensors]
+        if missing or not isinstance(meta.get("step"), int) or not 0 <= meta["step"] <= self.cfg.steps:
+            raise DeltaMergeError(f"checkpoint {path} is incomplete or corrupt (missing {missing[:2]} or a bad "
+                                  "step): remove it and start over")
         step = int(meta["step"])
         with torch.no_grad():
             for i, (role, n, t) in enumerate(self.params):
@@ -118,10 +124,13 @@ class _Trainer:
 
 def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, cfg: TrainConfig,
           curvature: Curvature | None = None, checkpoint: str | Path | None = None, resume: bool = False,
-          meta: dict | None = None, context: TrainContext | None = None) -> dict[str, TaskVector]:
+          meta: dict | None = None, context: TrainContext | None = None,
+          commit: Callable[[dict[str, TaskVector]], None] | None = None) -> dict[str, TaskVector]:
     """Fine-tune one task under one regime; returns the task vectors by role (the output role is the product).
 
-    ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``."""
+    ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``.
+    ``commit`` writes the vectors; with a ``checkpoint`` the final state is checkpointed before it is called and the
+    checkpoint removed only after it returns (``training/safety.py``)."""
     regime_cls = get_regime(regime_name)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -157,6 +166,7 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
         trainer.decay()
         trainer.opt.step()
         regime.after_step()
+        check_divergence(regime.vectors, regime.model.base, step, cfg.steps, cfg.max_update_ratio)
         trainer.sched.step()
         if show and step % 10 == 0:
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
@@ -181,6 +191,5 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
                                regime_cls.vector_kinds[role], vmeta,
                                None if factors is None else {n: (b.detach().cpu().clone(), a.detach().cpu().clone())
                                                              for n, (b, a) in factors.items()})
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()  # finished: the task vector file replaces the checkpoint
+    finish(ckpt, trainer.state, cfg.steps, start, out, commit)  # checkpoint → commit → remove the checkpoint
     return out
