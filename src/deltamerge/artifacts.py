@@ -79,7 +79,7 @@ def load_artifact(path: str | Path, kind: str | None = None) -> tuple[dict[str, 
     except (json.JSONDecodeError, RecursionError):
         raise DeltaMergeError(f"{path} has corrupt deltamerge metadata (not readable JSON)") from None
     if not isinstance(meta, dict):
-        raise DeltaMergeError(f"{path} has corrupt deltamerge metadata (a JSON {type(meta).__name__}, expected an "
+        raise DeltaMergeError(f"{path} has corrupt deltamerge metadata (a JSON {json_type(meta)}, expected an "
                               "object)")
     if kind is not None and meta.get("kind") != kind:
         raise DeltaMergeError(f"{path} holds a '{meta.get('kind')}' artifact, expected '{kind}'")
@@ -92,7 +92,13 @@ def require_meta(meta: dict[str, Any], path: str | Path, **types: type | tuple[t
         if key not in meta:
             raise DeltaMergeError(f"{path}: corrupt deltamerge metadata (no '{key}')")
         if not isinstance(meta[key], typ):
-            raise DeltaMergeError(f"{path}: corrupt deltamerge metadata ('{key}' is a {type(meta[key]).__name__})")
+            raise DeltaMergeError(f"{path}: corrupt deltamerge metadata ('{key}' is a JSON {json_type(meta[key])})")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (for messages about crafted files)."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def check_base(meta: dict[str, Any], base_fingerprint: str, path: str | Path) -> None:

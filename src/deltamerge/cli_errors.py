@@ -27,7 +27,6 @@ DEBUG_ENV = "DELTAMERGE_DEBUG"
 _click_root = typer.BadParameter.__module__.rsplit(".", 1)[0]
 _exceptions = importlib.import_module(f"{_click_root}.exceptions")
 _globals = importlib.import_module(f"{_click_root}.globals")
-_core = importlib.import_module(f"{_click_root}.core")
 _state = {"debug": False}
 
 
@@ -47,7 +46,7 @@ def _flags_of_context() -> dict[str, str]:
     if ctx is None:
         return {}
     return {p.name: max(p.opts, key=len) for p in ctx.command.params
-            if isinstance(p, _core.Option) and p.name and p.opts}
+            if getattr(p, "param_type_name", "") == "option" and p.name and p.opts}
 
 
 def describe(exc: BaseException) -> str:

@@ -119,7 +119,9 @@ def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
     for r in cfg.regimes:
-        get_regime(r)
+        get_regime(r)  # everything that can be checked is checked before the run directory is touched
+    for m in [cfg.merge_method, *cfg.extra_merges]:
+        get_method(m)
     validate_overrides(suite, cfg)
     with claim_run_dir(Path(cfg.out), cfg, force):
         return _run(cfg, suite, force, t_start)

@@ -225,9 +225,10 @@ def output_lock(lock_file: str | Path, what: str) -> Iterator[None]:
         if same:
             break
         os.close(fd)
-    try:
+    with contextlib.suppress(OSError):  # the pid is only for the other process's message (a full disk may refuse it)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+    try:
         yield
     finally:
         with contextlib.suppress(OSError):

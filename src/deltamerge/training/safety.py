@@ -69,12 +69,19 @@ def finish(checkpoint: Path | None, state: Callable[[int], tuple[dict, dict]], s
         if checkpoint is not None and checkpoint.exists():
             checkpoint.unlink()
         return
+    failed_checkpoint = None
     if checkpoint is not None and resumed_at < steps:
         tensors, meta = state(steps)
         try:
             save_artifact(checkpoint, tensors, meta)
-        except DeltaMergeError as exc:
-            raise DeltaMergeError(f"{exc} (while saving the final checkpoint: the trained vectors are lost)") from None
-    commit(outputs)  # its errors name the checkpoint and how to resume (the caller knows its own flags)
+        except DeltaMergeError as exc:  # still try the (smaller) outputs: they may fit where the checkpoint did not
+            failed_checkpoint = exc
+    try:
+        commit(outputs)  # its errors name the checkpoint and how to resume (the caller knows its own flags)
+    except DeltaMergeError as exc:
+        if failed_checkpoint is None:
+            raise
+        raise DeltaMergeError(f"{exc}; the final checkpoint could not be written either ({failed_checkpoint})") \
+            from None
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
