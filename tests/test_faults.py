@@ -231,3 +231,15 @@ def test_divergence_rule():
         check_divergence(big, base, step=9, total=100, max_ratio=10.0)
     with pytest.raises(DeltaMergeError, match="diverged at step 7"):
         check_divergence(big, base, step=6, total=7, max_ratio=10.0)  # the last step is always checked
+
+
+def test_truncated_weights_file_names_the_fetch_command(tmp_path):
+    from deltamerge.assets import corrupt_guard
+
+    bad = tmp_path / "w.pth"
+    torch.save({"a": torch.ones(1000)}, bad)
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(DeltaMergeError, match="efficientnet-lite0.*corrupt or truncated.*assets fetch vision-mini "
+                                              "--force"):
+        with corrupt_guard("efficientnet-lite0"):
+            torch.load(bad, map_location="cpu", weights_only=True)

@@ -323,6 +323,7 @@ def report(run_dir: Path,
         finite(flag, value, low=2 if flag == "--grid-size" else 1)
     if not (run_dir / "results.json").is_file():
         raise DeltaMergeError(f"{run_dir} has no results.json (run `deltamerge run` first)")
+    hold(output_lock(run_dir / ".lock", f"run directory {run_dir}"))  # not while a run writes it
     if diagnostics and not (run_dir / "config.yaml").is_file():
         typer.echo(f"note: {run_dir} has no config.yaml (not a run directory): diagnostics are not computed; "
                    "cached ones, if any, are drawn", err=True)

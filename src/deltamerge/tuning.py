@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from deltamerge.artifacts import write_json
+from deltamerge.safeio import atomic_write_text
 from deltamerge.config import EvalConfig, RunConfig, TrainConfig, config_hash
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
@@ -99,7 +100,7 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     rows.sort(key=lambda r: -r[metric])
     write_json(out / "tune.json", {"suite": suite_name, "regime": regime, "preset": preset, "metric": metric,
                                    "merge_method": merge_method, "base_config": base, "rows": rows})
-    (out / "TUNE.md").write_text(markdown(rows, suite_name, regime, preset, metric))
+    atomic_write_text(out / "TUNE.md", markdown(rows, suite_name, regime, preset, metric))
     return rows
 
 

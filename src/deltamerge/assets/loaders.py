@@ -5,13 +5,16 @@ Every loader raises a :class:`DeltaMergeError` naming the fetch command when its
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from deltamerge.assets.cache import read_json, read_npz
+from deltamerge.assets.cache import cache_root, read_json, read_npz
 from deltamerge.assets.convert_text import MINILM_DIR
 from deltamerge.assets.convert_vision import EFFICIENTNET_FILE, NATURAL_IMAGES
 from deltamerge.assets.store import fetch_command, require
@@ -27,6 +30,20 @@ def _read(name: str, filename: str, reader: Callable[[Path], Any]) -> Any:
     except (OSError, ValueError, EOFError, KeyError, RuntimeError, RecursionError, zipfile.BadZipFile) as exc:
         raise DeltaMergeError(f"asset {name!r}: {path} is corrupt or truncated ({type(exc).__name__}); run "
                               f"`{fetch_command(name)} --force` to fetch it again") from None
+
+
+@contextlib.contextmanager
+def corrupt_guard(name: str) -> Iterator[None]:
+    """Errors of a library reading installed asset ``name`` (torch.load, transformers) become one error naming the
+    command that fetches it again (a truncated download, a disk that filled up during conversion, ...)."""
+    try:
+        yield
+    except DeltaMergeError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise DeltaMergeError(f"asset {name!r} in {cache_root()} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:120]}); run `{fetch_command(name)} --force` to fetch it "
+                              "again") from None
 
 
 def _npz(name: str, filename: str) -> dict[str, np.ndarray]:
