@@ -73,8 +73,9 @@ def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task]
 def load_or_train(regime: str, task: Task, backbone: Backbone, head: Head, cfg: TrainConfig,
                   curvature: Curvature | None, vec_dir: Path, suite_name: str,
                   context: TrainContext | None = None, force: bool = False) -> dict[str, TaskVector]:
-    """Reuse the task's vectors if trained with the same config (and, for τJp/TAK, the same other tasks); vectors
-    or an interrupted run's checkpoint made with other settings are replaced only with ``force``."""
+    """Reuse the task's vectors if trained with the same config (and, for τJp/TAK, the same other tasks), else
+    train them (resuming a checkpoint of the same settings; one of other settings is discarded only with ``force``).
+    The run directory's configuration check (``run_dir.py``) keeps a user's changed settings from replacing them."""
     regime_cls = get_regime(regime)
     others = context.signature() if context is not None else None
     paths = {role: vec_dir / regime / (f"{task.name}.safetensors" if role == regime_cls.output_role
@@ -83,13 +84,11 @@ def load_or_train(regime: str, task: Task, backbone: Backbone, head: Head, cfg: 
     existing = {role: TaskVector.load(p, fp) for role, p in paths.items() if p.exists()}
     same = {role: v.meta.get("config_hash") == config_hash(cfg) and v.meta.get("others") == others
             for role, v in existing.items()}
+    ckpt = vec_dir / regime / f"{task.name}.checkpoint.safetensors"
     if len(existing) == len(paths) and all(same.values()):
+        ckpt.unlink(missing_ok=True)  # a kill after the commit but before its removal: the result is on disk
         return existing
-    ckpt = resolve_checkpoint(vec_dir / regime / f"{task.name}.checkpoint.safetensors", cfg, force, log)
-    if not all(same.values()) and not force:
-        stale = next(paths[r] for r, ok in same.items() if not ok)
-        raise DeltaMergeError(f"{stale} was trained with other settings than this run's; pass --force to retrain "
-                              "and replace it, or choose another --out")
+    ckpt = resolve_checkpoint(ckpt, cfg, force, log)
     order = [r for r in paths if r != regime_cls.output_role] + [regime_cls.output_role]  # main output last
     return train(regime, backbone, head, task.train, cfg, curvature, checkpoint=ckpt, resume=True,
                  meta={"task": task.name, "suite": suite_name}, context=context,
@@ -122,6 +121,9 @@ def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict
         get_regime(r)  # everything that can be checked is checked before the run directory is touched
     for m in [cfg.merge_method, *cfg.extra_merges]:
         get_method(m)
+    if cfg.extra_merges and not set(cfg.extra_merges_on) & set(cfg.regimes):
+        raise DeltaMergeError(f"extra merges {cfg.extra_merges} apply to the regimes {cfg.extra_merges_on}, none "
+                              f"of which is run (regimes: {cfg.regimes})")
     validate_overrides(suite, cfg)
     with claim_run_dir(Path(cfg.out), cfg, force):
         return _run(cfg, suite, force, t_start)
@@ -142,13 +144,7 @@ def validate_overrides(suite: Suite, cfg: RunConfig) -> None:
 
 
 def _run(cfg: RunConfig, suite: Suite, force: bool, t_start: float) -> dict:
-    for r in cfg.regimes:
-        get_regime(r)  # fail fast on an unknown regime
-    for m in [cfg.merge_method, *cfg.extra_merges]:
-        get_method(m)  # ... and on an unknown merge method
-    if cfg.extra_merges and not set(cfg.extra_merges_on) & set(cfg.regimes):
-        raise DeltaMergeError(f"extra merges {cfg.extra_merges} apply to the regimes {cfg.extra_merges_on}, none "
-                              f"of which is run (regimes: {cfg.regimes})")
+    """``run`` once the run directory is claimed (checks done)."""
     out = Path(cfg.out)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     log(f"suite {suite.name} ({cfg.preset}): loading backbone and data")

@@ -2,7 +2,8 @@
 
 - ``claim_run_dir``: a run directory is locked while one process writes it (``RUN/.lock``, see ``safeio.output_lock``)
   and one holding a run with another configuration (``config.yaml``, ``out`` aside) is taken over only with
-  ``--force``; a directory with deltamerge results but no ``config.yaml`` likewise.
+  ``--force`` (its derived results are then removed; vectors stay and are reused where the settings match); a
+  directory with deltamerge results but no ``config.yaml`` likewise.
 - ``resolve_checkpoint``: an interrupted task's checkpoint made with other settings is an error (or, with
   ``--force``, discarded) — never silently resumed or overwritten.
 - ``commit_vectors``: the vectors of one result (student + teacher, ...) are written together, main output last;
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -25,6 +27,7 @@ from deltamerge.safeio import check_writable_dir, commit_together, output_lock
 
 LOCK_NAME = ".lock"
 RESULT_FILES = ("results.json", "REPORT.md", "vectors")
+DERIVED = ("results.json", "REPORT.md", "diagnostics.json", "figures")  # computed from the run's configuration
 
 
 def _comparable(data: dict) -> dict:
@@ -37,10 +40,11 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
-    """Refuse (without ``force``) a run directory that holds another run's results or configuration."""
+def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
+    """Refuse (without ``force``) a run directory that holds another run's results or configuration. Returns
+    whether the directory holds another run (to be taken over: only possible with ``force``)."""
     if not out.exists():
-        return
+        return False
     if not out.is_dir():
         raise DeltaMergeError(f"--out {out} is a file, not a run directory: choose another location")
     stored = out / "config.yaml"
@@ -53,18 +57,19 @@ def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
             if not force:
                 raise DeltaMergeError(f"{stored} is not a readable run configuration; pass --force to replace the "
                                       "run in it, or choose another --out")
-            return
+            return True
         changes = config_changes(old, cfg.model_dump(mode="json"))
         if changes and not force:
             raise DeltaMergeError(
                 f"{out} holds a run with another configuration ({'; '.join(changes)[:300]}); re-run with the same "
                 "settings to continue it, pass --force to replace its results (vectors trained with the same "
                 "settings are reused), or choose another --out")
-        return
+        return bool(changes)
     found = [name for name in RESULT_FILES if (out / name).exists()]
     if found and not force:
         raise DeltaMergeError(f"{out} holds {', '.join(found)} but no config.yaml (not a run of this version?); "
                               "pass --force to replace them, or choose another --out")
+    return bool(found)
 
 
 @contextlib.contextmanager
@@ -74,7 +79,13 @@ def claim_run_dir(out: Path, cfg: RunConfig, force: bool) -> Iterator[None]:
     check_run_dir(out, cfg, force)  # before creating anything
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / LOCK_NAME, f"run directory {out}"):
-        check_run_dir(out, cfg, force)  # again, now that no one else can change it
+        if check_run_dir(out, cfg, force):  # again, now that no one else can change it
+            for name in DERIVED:  # --force: the old run's results must not sit beside the new configuration
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
         yield
 
 

@@ -104,6 +104,19 @@ def _write_temp(write: Callable[[Path], None], tmp: Path, path: Path) -> None:
         raise io_error(OSError(code, os.strerror(code)), path) from None
 
 
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path`` only if ``path`` does not exist: ``os.link`` never replaces (EEXIST); where hard
+    links are unsupported, check-then-rename (callers hold the output's lock, so no other deltamerge races it)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(tmp, path)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
     """Run ``write(tmp)`` on a temp file next to ``path`` and rename it onto ``path`` (never a partial file).
 
@@ -121,7 +134,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: boo
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # fails with EEXIST instead of replacing
+            _publish_new(tmp, path)
     except FileExistsError:
         raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass --force to replace it)") from None
     except OSError as exc:

@@ -99,8 +99,8 @@ class _Trainer:
     def load(self, path: Path) -> int:
         tensors, meta = load_artifact(path, kind="checkpoint")
         if meta.get("config_hash") != config_hash(self.cfg):
-            raise DeltaMergeError(f"checkpoint {path} was written with a different configuration; remove it or "
-                                  "run without --resume")
+            raise DeltaMergeError(f"checkpoint {path} was written with a different configuration: resume with the "
+                                  "same settings, or pass --force without --resume to start over")
         missing = [f"vec/{role}/{n}" for role, n, _ in self.params if f"vec/{role}/{n}" not in tensors]
         if missing or not isinstance(meta.get("step"), int) or not 0 <= meta["step"] <= self.cfg.steps:
             raise DeltaMergeError(f"checkpoint {path} is incomplete or corrupt (missing {missing[:2]} or a bad "
