@@ -243,3 +243,23 @@ def test_truncated_weights_file_names_the_fetch_command(tmp_path):
                                               "--force"):
         with corrupt_guard("efficientnet-lite0"):
             torch.load(bad, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("where", ["under-file", "unwritable", "companion"])
+def test_outputs_are_checked_before_any_training(tmp_path, monkeypatch, where):
+    import deltamerge.training as training
+
+    def no_training(*a, **k):
+        raise AssertionError("training started before the outputs were checked")
+
+    monkeypatch.setattr(training, "train", no_training)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "o.teacher.safetensors").write_text("x")
+    curv = tmp_path / "c.safetensors"
+    assert runner.invoke(app, ["curvature", "synthetic", "--out", str(curv)]).exit_code == 0
+    out = {"under-file": tmp_path / "afile" / "o.safetensors",
+           "unwritable": Path("/sys/deltamerge-test/o.safetensors") if os.geteuid() == 0 else Path("/o.safetensors"),
+           "companion": tmp_path / "o.safetensors"}[where]
+    r = runner.invoke(app, ["finetune", "synthetic", "task0", "--regime", "delta", "--curvature", str(curv),
+                            "--out", str(out)])
+    assert r.exit_code == 2 and r.stderr.startswith("error:") and "AssertionError" not in r.output, r.output

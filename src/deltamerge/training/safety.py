@@ -36,8 +36,10 @@ def update_ratio(vectors: dict[str, dict[str, torch.Tensor]], base: dict[str, to
             names = [n for n in vec if n in base]
             if not names:
                 continue
-            tau = torch.stack([vec[n].detach().double().norm() for n in names]).norm()
-            theta = torch.stack([base[n].detach().double().norm() for n in names]).norm()
+            # per-tensor norms accumulated in float32 without copying the tensors (a threshold needs no more)
+            tau = torch.stack([torch.linalg.vector_norm(vec[n].detach(), dtype=torch.float32) for n in names]).norm()
+            theta = torch.stack([torch.linalg.vector_norm(base[n].detach(), dtype=torch.float32).to(tau.device)
+                                 for n in names]).norm()
             if not torch.isfinite(tau):
                 return math.inf
             if float(theta) > 0:
