@@ -16,11 +16,13 @@ import yaml
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, write_json
 from deltamerge.config import BaseTrainConfig, RunConfig, with_overrides
+from deltamerge.run_guard import claim_run_dir
 from deltamerge.data import Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import MergeMethod, get_method
 from deltamerge.other_tasks import OtherTasks
+from deltamerge.safeio import atomic_write_text as write_text
 from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
 from deltamerge.suites import get_suite
 from deltamerge.suites.base import Suite
@@ -57,13 +59,16 @@ def evaluate_merge(ctx: protocols.EvalContext, tasks: dict[str, Task], control: 
             "negation": protocols.negation(ctx, tasks, vectors, control, method)}
 
 
-def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
+def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict:
     """Run the whole pipeline and return the results (also written to ``cfg.out/results.json``). ``suite`` replaces
-    the one named by ``cfg.suite`` (e.g. a hub suite fed with local tables)."""
+    the one named by ``cfg.suite`` (e.g. a hub suite fed with local tables).
+
+    The run directory is locked while this runs; one holding a run with another configuration is reused only with
+    ``force`` (results replaced; vectors trained with the same settings still reused) — see ``run_guard.py``."""
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
     for r in cfg.regimes:
-        get_regime(r)  # fail fast on an unknown regime
+        get_regime(r)  # everything that can be checked is checked before the run directory is touched
     unused = sorted(set(cfg.merge_params) - {cfg.merge_method, *cfg.extra_merges})
     if unused:
         raise DeltaMergeError(f"merge_params given for {unused}, which this run does not use (merge_method: "
@@ -72,9 +77,29 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
     if cfg.extra_merges and not set(cfg.extra_merges_on) & set(cfg.regimes):
         raise DeltaMergeError(f"extra merges {cfg.extra_merges} apply to the regimes {cfg.extra_merges_on}, none "
                               f"of which is run (regimes: {cfg.regimes})")
+    validate_overrides(suite, cfg)
+    with claim_run_dir(Path(cfg.out), cfg, force):
+        return _run(cfg, suite, methods, force, t_start)
+
+
+def validate_overrides(suite: Suite, cfg: RunConfig) -> None:
+    """Every ``train:`` override of the RunConfig must give a valid TrainConfig — checked before any work."""
+    from pydantic import ValidationError
+
+    from deltamerge.errors import validation_message
+
+    for regime in cfg.train:
+        get_regime(regime)  # a misspelt regime name is an error, not an ignored override
+        try:
+            train_config(suite, cfg, regime)
+        except ValidationError as exc:
+            raise DeltaMergeError(f"invalid config: {validation_message(exc, where=f'train.{regime}')}") from None
+
+
+def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: bool, t_start: float) -> dict:
+    """``run`` once the run directory is claimed (checks done)."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / rundir.CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text(out / rundir.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     log(f"suite {suite.name} ({cfg.preset}): loading backbone and data")
     backbone = suite.backbone()
     tasks = suite.tasks(cfg.preset, cfg.tasks)
@@ -117,7 +142,8 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
         vecs = {name: load_or_train(task, backbone, heads[name],
                                     suite.task_train_config(tcfg, task, cfg.preset) if per_task else tcfg,
                                     curvature, out / rundir.VECTORS, suite.name,
-                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others else None)
+                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others else None,
+                                    force=force)
                 for name, task in tasks.items()}
         timing[f"train_{regime}_s"] = round(time.perf_counter() - t0, 2)
         log(f"{regime}: evaluating (addition, negation)")

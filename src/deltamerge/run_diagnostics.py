@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pydantic import ValidationError
+
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, write_json
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import DIAGNOSTIC_NAMES, DiagnosticsConfig, RunConfig, load_yaml, resolve_device
 from deltamerge.data import ArrayDataset, Task
-from deltamerge.errors import DeltaMergeError
+from deltamerge.errors import DeltaMergeError, validation_message
 from deltamerge.evaluation import diagnostics as metrics
 from deltamerge.evaluation.accuracy import cap
 from deltamerge.suites.base import Suite
@@ -260,8 +262,9 @@ def settings_for(run_dir: Path, only: str | None = None, **overrides: int | None
     updates = {k: v for k, v in {"include": names, **overrides}.items() if v is not None}
     try:
         return DiagnosticsConfig.model_validate({**base.model_dump(), **updates})
-    except ValueError as exc:
-        raise DeltaMergeError(f"invalid diagnostics option: {exc}") from None
+    except ValidationError as exc:
+        flags = {"grid_size": "--grid-size", "max_examples": "--max-examples", "pair_examples": "--pair-examples"}
+        raise DeltaMergeError(f"invalid diagnostics option: {validation_message(exc, flags)}") from None
 
 
 def _load_from_disk(run_dir: Path, cfg: RunConfig) -> Loaded:

@@ -17,6 +17,7 @@ from pathlib import Path
 from deltamerge import rundir
 from deltamerge.artifacts import write_json
 from deltamerge.config import EvalConfig, RunConfig, config_class, config_hash, regimes_with, with_overrides
+from deltamerge.safeio import atomic_write_text
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import get_method
@@ -102,7 +103,7 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     rows.sort(key=lambda r: -r[metric])
     write_json(out / "tune.json", {"suite": suite_name, "regime": regime, "preset": preset, "metric": metric,
                                    "merge_method": merge_method, "base_config": base, "rows": rows})
-    (out / "TUNE.md").write_text(markdown(rows, suite_name, regime, preset, metric))
+    atomic_write_text(out / "TUNE.md", markdown(rows, suite_name, regime, preset, metric))
     return rows
 
 

@@ -41,6 +41,8 @@ class BaseTrainConfig(Strict):
     compile: bool = False  # torch.compile each regime's forward (+ jvp) and loss; graphs are built on the first step
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
     progress: bool = True
+    # divergence: stop when ‖τ‖/‖θ0‖ exceeds this (training/safety.py); None disables the check
+    max_update_ratio: Optional[float] = Field(10.0, gt=0)
 
 
 # ---- groups of settings, mixed into the regimes that read them ------------------------------------------------------

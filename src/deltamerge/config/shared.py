@@ -16,7 +16,7 @@ from deltamerge.errors import DeltaMergeError
 class Strict(BaseModel):
     """A configuration model that refuses unknown fields (a typo is an error, never a silently ignored setting)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN/inf settings are refused everywhere
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -26,8 +26,11 @@ def read_yaml(path: str | Path) -> dict:
         raise DeltaMergeError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DeltaMergeError(f"invalid config {path}:\n{exc}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise DeltaMergeError(f"invalid config {path}: not readable YAML ({' '.join(str(exc).split())[:200]})") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeltaMergeError(f"cannot read config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise DeltaMergeError(f"invalid config {path}: expected a mapping of settings, got {type(data).__name__}")
     return data
@@ -40,7 +43,9 @@ def load_yaml(path: str | Path, model: Any) -> Any:
     try:
         return TypeAdapter(model).validate_python(data)
     except ValidationError as exc:
-        raise DeltaMergeError(f"invalid config {path}:\n{exc}") from None
+        from deltamerge.errors import validation_message
+
+        raise DeltaMergeError(f"invalid config {path}: {validation_message(exc)}") from None
     except DeltaMergeError as exc:
         raise DeltaMergeError(f"invalid config {path}: {exc}") from None
 
@@ -53,8 +58,10 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device")) -> str:
-    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device excluded).
+def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device",
+                                                           "max_update_ratio")) -> str:
+    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device and the
+    divergence bound excluded).
 
     Hashes the fields the configuration *has*: a training config holds its regime's fields only (config/regimes.py),
     so hashes written by the earlier single TrainConfig differ and such vectors are retrained once (docs/config.md)."""

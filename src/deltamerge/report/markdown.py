@@ -114,6 +114,6 @@ Hardware: {res['hardware']['device']}, {res['hardware']['threads']} threads, tor
 {diagnostics_section(run_dir)}
 Timing (s): {timing}
 """
-    out = run_dir / "REPORT.md"
-    out.write_text(text)
-    return out
+    from deltamerge.safeio import atomic_write_text
+
+    return atomic_write_text(run_dir / "REPORT.md", text)

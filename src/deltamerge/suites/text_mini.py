@@ -41,7 +41,8 @@ CONTROL_TOPICS = ["linux", "startrek", "art", "education"]
 
 @lru_cache(maxsize=1)
 def _tokenizer_model() -> MiniLM:
-    return MiniLM.from_pretrained(assets.minilm_dir())
+    with assets.corrupt_guard("minilm"):
+        return MiniLM.from_pretrained(assets.minilm_dir())
 
 
 def _tokenize(texts: list[str], preset: str) -> dict:

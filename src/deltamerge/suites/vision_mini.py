@@ -96,7 +96,8 @@ class VisionMini(Suite):
     reference_description = "random crops of scikit-image's natural photographs (no task shares this source)"
 
     def backbone(self) -> Backbone:
-        return EfficientNetLite0.from_pretrained(assets.efficientnet_lite0_weights())
+        with assets.corrupt_guard("efficientnet-lite0"):
+            return EfficientNetLite0.from_pretrained(assets.efficientnet_lite0_weights())
 
     def load_task(self, name: str, preset: str) -> Task:
         return _task(name, preset)

@@ -8,6 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
 from deltamerge.training.logs import StepLog
 from deltamerge.training.regime import Regime, get_regime, trainable_names
+from deltamerge.training.safety import check_divergence, finish
 
 
 def lr_factor(step: int, cfg: BaseTrainConfig) -> float:
@@ -97,9 +99,13 @@ class _Trainer:
 
     def load(self, path: Path) -> int:
         tensors, meta = load_artifact(path, kind="checkpoint")
-        if meta["config_hash"] != config_hash(self.cfg):
-            raise DeltaMergeError(f"checkpoint {path} was written with a different configuration; remove it or "
-                                  "run without --resume")
+        if meta.get("config_hash") != config_hash(self.cfg):
+            raise DeltaMergeError(f"checkpoint {path} was written with a different configuration: resume with the "
+                                  "same settings, or pass --force without --resume to start over")
+        missing = [f"vec/{role}/{n}" for role, n, _ in self.params if f"vec/{role}/{n}" not in tensors]
+        if missing or not isinstance(meta.get("step"), int) or not 0 <= meta["step"] <= self.cfg.steps:
+            raise DeltaMergeError(f"checkpoint {path} is incomplete or corrupt (missing {missing[:2]} or a bad "
+                                  "step): remove it and start over")
         step = int(meta["step"])
         with torch.no_grad():
             for i, (role, n, t) in enumerate(self.params):
@@ -120,12 +126,15 @@ class _Trainer:
 def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConfig,
           curvature: Curvature | None = None, checkpoint: str | Path | None = None, resume: bool = False,
           meta: dict | None = None, context: TrainContext | None = None,
-          log_file: str | Path | None = None) -> dict[str, TaskVector]:
+          log_file: str | Path | None = None,
+          commit: Callable[[dict[str, TaskVector]], None] | None = None) -> dict[str, TaskVector]:
     """Fine-tune one task under the regime ``cfg.regime``; returns the task vectors by role (the output role is the
     product). Build ``cfg`` with ``deltamerge.config.train_config(regime, **settings)``.
 
     ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``;
-    ``log_file`` receives the per-step logs as JSONL (and TensorBoard events beside it, see ``training/logs.py``)."""
+    ``log_file`` receives the per-step logs as JSONL (and TensorBoard events beside it, see ``training/logs.py``).
+    ``commit`` writes the vectors; with a ``checkpoint`` the final state is checkpointed before it is called and the
+    checkpoint removed only after it returns (``training/safety.py``)."""
     cfg = as_train_config(cfg)
     regime_name, regime_cls = cfg.regime, get_regime(cfg.regime)
     device = resolve_device(cfg.device)
@@ -163,6 +172,7 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
         trainer.decay()
         trainer.opt.step()
         regime.after_step()
+        check_divergence(regime.vectors, regime.model.base, step, cfg.steps, cfg.max_update_ratio)
         if step_log is not None:
             step_log.write(step, cfg.lr * lr_factor(step, cfg), logs)
         trainer.sched.step()
@@ -191,6 +201,5 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
                                regime_cls.vector_kinds[role], vmeta,
                                None if factors is None else {n: (b.detach().cpu().clone(), a.detach().cpu().clone())
                                                              for n, (b, a) in factors.items()})
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()  # finished: the task vector file replaces the checkpoint
+    finish(ckpt, trainer.state, cfg.steps, start, out, commit)  # checkpoint → commit → remove the checkpoint
     return out
