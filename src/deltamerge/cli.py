@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from deltamerge.cli_errors import ErrorGroup, choice, finite, hold, named_flags, set_debug
 from deltamerge.config.merge import MERGE_PARAMS
 from deltamerge.config.regimes import REGIME_CONFIGS
-from deltamerge.errors import DeltaMergeError
+from deltamerge.errors import DeltaMergeError, validation_message
 from deltamerge.safeio import check_outputs, output_lock
 from deltamerge.suites.registry import SUITES
 
@@ -121,7 +121,7 @@ def run(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES} (see `delta
         extra_merges: Optional[str] = typer.Option(None, help="comma-separated post-hoc methods also evaluated on "
                                                    "the nonlinear vectors"),
         merge_param: Optional[list[str]] = typer.Option(None, help="NAME=VALUE parameter of the merge method, e.g. "
-                                                        "density=0.2 (repeatable; see `deltamerge methods`)")) -> None:
+                                                        "density=0.2 (repeatable; see `deltamerge methods`)"),
         force: bool = typer.Option(False, help="reuse a run directory that holds a run with another configuration "
                                    "(its results are replaced; vectors with the same settings are reused)")) -> None:
     """The whole pipeline: curvature, fine-tuning per task × regime, addition, negation, report."""
@@ -239,6 +239,8 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
             cfg = train_config(regime, **data)
         except DeltaMergeError as exc:
             raise DeltaMergeError(f"invalid config {config}: {exc}") from None
+        except ValidationError as exc:
+            raise DeltaMergeError(f"invalid config {config}: {validation_message(exc)}") from None
         if regime != regime_name:  # the config file named the regime: its files are the ones to guard
             regime_cls = get_regime(regime)
             paths = {role: rundir.role_path(out, role, regime_cls.output_role) for role in regime_cls.vector_kinds}
