@@ -170,7 +170,8 @@ def suites() -> None:
 
 @app.command()
 @friendly
-def curvature(suite: str, out: Path = typer.Option(..., help="output .safetensors"),
+def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a YAML suite file"),
+              out: Path = typer.Option(..., help="output .safetensors"),
               preset: str = "quick", probes: Optional[str] = typer.Option(None, help="exact or mc"),
               kind: Optional[str] = typer.Option(None, help="ekfac or kfac"),
               num_examples: Optional[int] = None, force: bool = False) -> None:
@@ -335,7 +336,8 @@ def methods() -> None:
 
 @app.command()
 @friendly
-def evaluate(suite: str, vector: Optional[Path] = typer.Argument(None, help="task vector (none: pre-trained)"),
+def evaluate(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a YAML suite file"),
+             vector: Optional[Path] = typer.Argument(None, help="task vector (none: pre-trained)"),
              alpha: float = 1.0, preset: str = "quick", split: str = "test",
              tasks: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
     """Accuracy of θ0 + α·τ on every task of a suite (and its control task)."""

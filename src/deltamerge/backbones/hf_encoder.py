@@ -11,6 +11,7 @@ uncalled layer breaks the curvature estimate and would never move.
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from pathlib import Path
 from typing import Literal
@@ -83,7 +84,8 @@ class HFEncoder(Backbone):
         if tok is None or not callable(tok):
             raise DeltaMergeError(f"{self.name} has no tokenizer (save one in the model directory)")
         enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-        return {k: enc[k].to(torch.int64) for k in TEXT_KEYS if k in enc}
+        accepted = inspect.signature(self.model.forward).parameters  # e.g. DistilBERT takes no token_type_ids
+        return {k: enc[k].to(torch.int64) for k in TEXT_KEYS if k in enc and k in accepted}
 
     def pixels(self, images: list) -> Tensor:
         proc = getattr(self.processor, "image_processor", self.processor)

@@ -42,6 +42,7 @@ class StepLog:
     def write(self, step: int, lr: float, logs: dict[str, float]) -> None:
         row = {"step": step, "lr": lr, **{k: float(v) for k, v in logs.items()}}
         self.fh.write(json.dumps({k: (v if math.isfinite(v) else None) for k, v in row.items()}) + "\n")
+        self.fh.flush()  # an interrupted run keeps every finished step (resume rewrites from its checkpoint)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":
