@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from deltamerge.cli_errors import ErrorGroup, choice, finite, hold, named_flags, set_debug
 from deltamerge.config.merge import MERGE_PARAMS
 from deltamerge.config.regimes import REGIME_CONFIGS
-from deltamerge.errors import DeltaMergeError, validation_message
+from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 from deltamerge.safeio import check_outputs, output_lock
 from deltamerge.suites.registry import SUITES
 
@@ -50,6 +50,8 @@ def friendly(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except ValidationError as exc:
             raise named_flags(exc) from exc
+        except InvalidSettings as exc:  # settings built from this command's flags: name the flags
+            raise named_flags(exc.validation) from exc
 
     return wrapper
 
@@ -103,7 +105,10 @@ def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: 
         method = data["merge_method"]
         data["merge_params"] = {**data["merge_params"],
                                 method: {**data["merge_params"].get(method, {}), **parse_merge_params(merge_param)}}
-    return RunConfig.model_validate(data)  # a ValidationError names the flags (``friendly``)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise named_flags(exc) from None
 
 
 @app.command()
@@ -238,10 +243,10 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
         data.pop("regime", None)
         try:
             cfg = train_config(regime, **data)
+        except InvalidSettings as exc:
+            raise DeltaMergeError(f"invalid config {config}: {validation_message(exc.validation)}") from None
         except DeltaMergeError as exc:
             raise DeltaMergeError(f"invalid config {config}: {exc}") from None
-        except ValidationError as exc:
-            raise DeltaMergeError(f"invalid config {config}: {validation_message(exc)}") from None
         if regime != regime_name:  # the config file named the regime: its files are the ones to guard
             regime_cls = get_regime(regime)
             paths = {role: rundir.role_path(out, role, regime_cls.output_role) for role in regime_cls.vector_kinds}

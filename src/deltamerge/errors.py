@@ -10,6 +10,15 @@ class DeltaMergeError(Exception):
     """A user-facing error: bad input, missing asset, mismatched artifact, diverged training."""
 
 
+class InvalidSettings(DeltaMergeError):
+    """Settings that fail validation; ``validation`` keeps pydantic's error so that the CLI can name its own flags
+    and a config loader its own keys."""
+
+    def __init__(self, message: str, validation: Any) -> None:
+        super().__init__(message)
+        self.validation = validation
+
+
 def one_line(text: str) -> str:
     """Collapse a (possibly multi-line) message into one line."""
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())

@@ -86,7 +86,7 @@ def validate_overrides(suite: Suite, cfg: RunConfig) -> None:
     """Every ``train:`` override of the RunConfig must give a valid TrainConfig — checked before any work."""
     from pydantic import ValidationError
 
-    from deltamerge.errors import validation_message
+    from deltamerge.errors import InvalidSettings, validation_message
 
     for regime in cfg.train:
         get_regime(regime)  # a misspelt regime name is an error, not an ignored override
@@ -94,6 +94,9 @@ def validate_overrides(suite: Suite, cfg: RunConfig) -> None:
             train_config(suite, cfg, regime)
         except ValidationError as exc:
             raise DeltaMergeError(f"invalid config: {validation_message(exc, where=f'train.{regime}')}") from None
+        except InvalidSettings as exc:
+            raise DeltaMergeError(f"invalid config: {validation_message(exc.validation, where=f'train.{regime}')}") \
+                from None
 
 
 def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: bool, t_start: float) -> dict:

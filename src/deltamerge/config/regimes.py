@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from deltamerge.config.shared import Strict
-from deltamerge.errors import DeltaMergeError
+from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 
 
 class BaseTrainConfig(Strict):
@@ -198,9 +198,13 @@ def parse_train_config(data: dict[str, Any]) -> BaseTrainConfig:
     if regime is None:
         raise DeltaMergeError(f"a training configuration needs 'regime' (one of: {', '.join(sorted(REGIME_CONFIGS))})")
     _check_fields(str(regime), data)
-    # The regime's own class (not the union), so that a ValidationError locates fields by their own names (the CLI
-    # turns those into its flags, a YAML loader into the file's keys); it propagates to the caller that knows which.
-    return REGIME_CONFIGS[str(regime)].model_validate(data)
+    # The regime's own class (not the union), so that errors locate fields by their own names (the CLI turns those
+    # into its flags, a YAML loader into the file's keys: InvalidSettings keeps the ValidationError for them).
+    try:
+        return REGIME_CONFIGS[str(regime)].model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSettings(f"invalid training settings for regime '{regime}': {validation_message(exc)}",
+                              exc) from None
 
 
 def train_config(regime: str = "delta", **fields: Any) -> BaseTrainConfig:

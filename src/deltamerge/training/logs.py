@@ -48,10 +48,17 @@ class StepLog:
                 if k != "step":
                     self.tb.add_scalar(k, v, step)
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
+        """Close the files; ``discard`` also removes them (a run that failed with nothing to resume leaves none)."""
         self.fh.close()
         if self.tb is not None:
             self.tb.close()
+        if discard:
+            import shutil
+
+            self.path.unlink(missing_ok=True)
+            if self.tb is not None:
+                shutil.rmtree(self.tb.log_dir, ignore_errors=True)
 
     def __enter__(self) -> "StepLog":
         return self

@@ -160,28 +160,33 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
                leave=False, initial=start, total=cfg.steps)
     logs: dict[str, float] = {}
     step_log = StepLog(log_file, start, {"regime": regime_name, **(meta or {})}) if log_file else None
-    t0 = time.perf_counter()
-    for step in bar:
-        idx = next(batches)
-        x, y = to_device(take(data.inputs, idx), device), data.labels[idx].to(device)
-        trainer.opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logs = regime.backward(x, y, step)
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([t for _, _, t in trainer.params], cfg.grad_clip)
-        trainer.decay()
-        trainer.opt.step()
-        regime.after_step()
-        check_divergence(regime.vectors, regime.model.base, step, cfg.steps, cfg.max_update_ratio)
-        if step_log is not None:
-            step_log.write(step, cfg.lr * lr_factor(step, cfg), logs)
-        trainer.sched.step()
-        if show and step % 10 == 0:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
-        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                and step + 1 < cfg.steps:
-            tensors, cmeta = trainer.state(step + 1)
-            save_artifact(ckpt, tensors, cmeta)
+    try:
+        t0 = time.perf_counter()
+        for step in bar:
+            idx = next(batches)
+            x, y = to_device(take(data.inputs, idx), device), data.labels[idx].to(device)
+            trainer.opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logs = regime.backward(x, y, step)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([t for _, _, t in trainer.params], cfg.grad_clip)
+            trainer.decay()
+            trainer.opt.step()
+            regime.after_step()
+            check_divergence(regime.vectors, regime.model.base, step, cfg.steps, cfg.max_update_ratio)
+            if step_log is not None:
+                step_log.write(step, cfg.lr * lr_factor(step, cfg), logs)
+            trainer.sched.step()
+            if show and step % 10 == 0:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+            if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                    and step + 1 < cfg.steps:
+                tensors, cmeta = trainer.state(step + 1)
+                save_artifact(ckpt, tensors, cmeta)
+    except BaseException:
+        if step_log is not None:  # a failed run leaves no log unless its checkpoint (which the log describes) remains
+            step_log.close(discard=ckpt is None or not ckpt.exists())
+        raise
     seconds = time.perf_counter() - t0
     if step_log is not None:
         step_log.close()
@@ -201,5 +206,10 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
                                regime_cls.vector_kinds[role], vmeta,
                                None if factors is None else {n: (b.detach().cpu().clone(), a.detach().cpu().clone())
                                                              for n, (b, a) in factors.items()})
-    finish(ckpt, trainer.state, cfg.steps, start, out, commit)  # checkpoint → commit → remove the checkpoint
+    try:
+        finish(ckpt, trainer.state, cfg.steps, start, out, commit)  # checkpoint → commit → remove the checkpoint
+    except BaseException:
+        if step_log is not None and (ckpt is None or not ckpt.exists()):
+            step_log.close(discard=True)  # nothing to resume: the log of this run goes with it
+        raise
     return out
