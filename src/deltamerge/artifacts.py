@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from deltamerge.distributed import is_main
 from deltamerge.errors import DeltaMergeError
 
 FORMAT_VERSION = "1"
@@ -43,6 +44,8 @@ def save_artifact(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, 
     path = Path(path)
     if path.exists() and not overwrite:
         raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass --force to replace it)")
+    if not is_main():  # data parallelism: every rank holds the same result, rank 0 alone writes it
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "deltamerge", "format_version": FORMAT_VERSION, **meta}
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -93,6 +96,8 @@ def check_base(meta: dict[str, Any], base_fingerprint: str, path: str | Path) ->
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomic JSON write."""
     path = Path(path)
+    if not is_main():  # as save_artifact: rank 0 alone writes
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))

@@ -24,6 +24,9 @@ def friendly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            from deltamerge.distributed import init
+
+            init(quiet_workers=True)  # under torchrun: join the process group (no-op in one process)
             return fn(*args, **kwargs)
         except DeltaMergeError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

@@ -78,6 +78,7 @@ class TrainConfig(_Strict):
     talos_score: Literal["fisher", "logit"] = "fisher"  # log-likelihood Fisher / sampled-logit gradient (code)
     talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
+    grad_accum_steps: int = Field(1, ge=1)  # k micro-batches per optimiser step (each rank's share of batch_size)
     progress: bool = True
 
 
@@ -157,8 +158,10 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device")) -> str:
-    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device excluded)."""
+def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device",
+                                                           "grad_accum_steps")) -> str:
+    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device and gradient
+    accumulation — k micro-batches give the same step as one batch — excluded)."""
     import hashlib
     import json
 

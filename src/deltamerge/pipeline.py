@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from deltamerge import distributed as dist
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact, write_json
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import EvalConfig, RunConfig, TrainConfig, config_hash
@@ -116,7 +117,8 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
                               f"of which is run (regimes: {cfg.regimes})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if dist.is_main():
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     log(f"suite {suite.name} ({cfg.preset}): loading backbone and data")
     backbone = suite.backbone()
     tasks = suite.tasks(cfg.preset, cfg.tasks)
@@ -184,6 +186,8 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
     timing["total_s"] = round(time.perf_counter() - t_start, 2)
     results["timing"] = timing
     write_json(out / "results.json", results)
+    if not dist.is_main():  # ranks > 0 are done: diagnostics and the report are rank 0's (unsharded, no collective)
+        return results
     from deltamerge.run_diagnostics import Loaded, compute_diagnostics, default_config
 
     diag_cfg = cfg.diagnostics or default_config(cfg.preset)

@@ -13,15 +13,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from deltamerge import distributed as dist
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import TrainConfig, config_hash, resolve_device
 from deltamerge.curvature import Curvature
-from deltamerge.data import ArrayDataset, take, to_device
+from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
+from deltamerge.training.parallel import check_split, gradient_step
 from deltamerge.training.regime import Regime, get_regime, trainable_names
 
 
@@ -137,21 +139,21 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
     model = FunctionalModel(backbone, trainable_names(backbone, policy))
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)
+    dist.broadcast_tensors_(regime.shared_tensors(), what="initial state")  # ranks start identical (e.g. TaLoS mask)
+    check_split(min(cfg.batch_size, len(data)), cfg)
     trainer = _Trainer(regime, cfg)
     ckpt = Path(checkpoint) if checkpoint else None
-    start = trainer.load(ckpt) if (resume and ckpt is not None and ckpt.exists()) else 0
+    found = dist.all_agree(resume and ckpt is not None and ckpt.exists(), f"the checkpoint {ckpt}")
+    start = trainer.load(ckpt) if found else 0
     batches = index_stream(len(data), cfg.batch_size, cfg.seed, start)
-    show = cfg.progress and not os.environ.get("DELTAMERGE_NO_PROGRESS")
+    show = cfg.progress and not os.environ.get("DELTAMERGE_NO_PROGRESS") and dist.is_main()
     bar = tqdm(range(start, cfg.steps), desc=f"{regime_name}:{(meta or {}).get('task', '')}", disable=not show,
                leave=False, initial=start, total=cfg.steps)
     logs: dict[str, float] = {}
     t0 = time.perf_counter()
     for step in bar:
-        idx = next(batches)
-        x, y = to_device(take(data.inputs, idx), device), data.labels[idx].to(device)
         trainer.opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logs = regime.backward(x, y, step)
+        logs = gradient_step(regime, [t for _, _, t in trainer.params], data, next(batches), step, device, cfg)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([t for _, _, t in trainer.params], cfg.grad_clip)
         trainer.decay()
@@ -163,8 +165,11 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
         if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.steps:
             tensors, cmeta = trainer.state(step + 1)
-            save_artifact(ckpt, tensors, cmeta)
+            dist.check_same([t for _, _, t in trainer.params], f"the task vector at step {step + 1}")
+            if dist.is_main():
+                save_artifact(ckpt, tensors, cmeta)
     seconds = time.perf_counter() - t0
+    dist.check_same([t for _, _, t in trainer.params], "the final task vector")
     for role, vec in regime.vectors.items():
         if not all(torch.isfinite(t).all() for t in vec.values()):
             raise DeltaMergeError(f"the {role} task vector has NaN/inf entries after {cfg.steps} steps: training "
@@ -181,6 +186,6 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
                                regime_cls.vector_kinds[role], vmeta,
                                None if factors is None else {n: (b.detach().cpu().clone(), a.detach().cpu().clone())
                                                              for n, (b, a) in factors.items()})
-    if ckpt is not None and ckpt.exists():
+    if ckpt is not None and ckpt.exists() and dist.is_main():
         ckpt.unlink()  # finished: the task vector file replaces the checkpoint
     return out

@@ -108,6 +108,11 @@ class Regime:
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. TaLoS projects τ back onto its mask)."""
 
+    def shared_tensors(self) -> list[Tensor]:
+        """State that must be identical on every data-parallel rank before the first step; rank 0's copy is
+        broadcast after ``prepare``: the optimised tensors, plus what a regime derives from data (TaLoS's mask)."""
+        return [t for vec in self.vectors.values() for t in vec.values()]
+
     def extra_meta(self) -> dict:
         """Regime-specific facts stored in every task vector's metadata."""
         return {}
