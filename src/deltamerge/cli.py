@@ -309,3 +309,7 @@ def assets_list() -> None:
 
 def main() -> None:  # pragma: no cover
     app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m deltamerge.cli` / `torchrun -m deltamerge.cli`
+    main()
