@@ -29,7 +29,14 @@ RUNS = [
     ("nonlinear_k2", "nonlinear", {"grad_accum_steps": 2}),
     ("linear_k2", "linear", {"grad_accum_steps": 2}),
     ("delta_k2", "delta", {"grad_accum_steps": 2}),
+    ("delta_beta50_k2", "delta", {"grad_accum_steps": 2, "beta_teacher": 50.0, "beta_student": 50.0, "steps": 4}),
     ("nonlinear_uneven", "nonlinear", {"batch_size": 15, "grad_accum_steps": 2}),  # shards 8 / 7 → 4,4 / 4,3
+    # per-step randomness and data-derived state that must agree over ranks and micro-batches:
+    ("talos_k2", "talos", {"grad_accum_steps": 2, "talos_sparsity": 0.5, "talos_rounds": 2}),  # Fisher mask
+    ("taujp_k2", "taujp", {"grad_accum_steps": 2, "taujp_batch_size": 8}),  # other-task draws
+    ("lora_k2", "lora", {"grad_accum_steps": 2, "lora_rank": 2, "lora_alpha": 2.0}),
+    ("delta_lora_k2", "delta-lora", {"grad_accum_steps": 2, "lora_rank": 2, "lora_alpha": 2.0,
+                                     "alpha_sampling": "curriculum"}),
 ]
 
 
@@ -44,6 +51,17 @@ def setup():
     reference = torch.randn(37, 8, generator=g)  # odd: ranks get 19 and 18 examples
     curv = estimate_curvature(backbone, reference, CurvatureConfig(probes="exact", batch_size=8, progress=False))
     return backbone, head, data, reference, curv
+
+
+def run(regime: str, setup_out, cfg: TrainConfig):
+    """``train`` with the setup's data (and, for τJp, one other task's inputs as its context)."""
+    from deltamerge.training import TrainContext, train
+
+    backbone, head, data, _, curv = setup_out
+    g = torch.Generator().manual_seed(5)
+    context = TrainContext(other_inputs={"other": torch.randn(40, 8, generator=g) + 1.0}) \
+        if regime == "taujp" else None
+    return train(regime, backbone, head, data, cfg, curv, context=context)
 
 
 def train_config(**overrides) -> TrainConfig:
@@ -62,13 +80,13 @@ def equivalence(out: str) -> None:
 
     from deltamerge import distributed as dist
     from deltamerge.evaluation.accuracy import accuracy_along
-    from deltamerge.training import train
 
-    backbone, head, data, reference, curv = setup()  # before init: the same curvature as the test's process
+    setup_out = setup()  # before init: the same curvature as the test's process
+    backbone, head, data, reference, curv = setup_out
     assert dist.init()
     results: dict[str, torch.Tensor] = {}
     for name, regime, overrides in RUNS:
-        for role, tv in train(regime, backbone, head, data, train_config(**overrides), curv).items():
+        for role, tv in run(regime, setup_out, train_config(**overrides)).items():
             for n, t in tv.deltas.items():
                 results[f"train/{name}/{role}/{n}"] = t
             if name == "nonlinear":

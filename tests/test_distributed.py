@@ -73,21 +73,21 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str, rtol=1e-4, atol=1e-6) ->
 def test_two_ranks_give_the_one_process_task_vector(two_rank, one_process, name, regime, overrides):
     """Global batch b on 2 ranks (× k micro-batches) = batch b in one process, same data order: same τ."""
     assert int(two_rank["world_size"]) == 2
-    backbone, head, data, _, curv = one_process
     cfg = worker.train_config(**{**overrides, "grad_accum_steps": 1})  # the plain one-process step
-    for role, tv in train(regime, backbone, head, data, cfg, curv).items():
+    for role, tv in worker.run(regime, one_process, cfg).items():
         assert tv.norm() > 0
         for n, t in tv.deltas.items():
             _close(two_rank[f"train/{name}/{role}/{n}"], t, f"{name} {role} {n}")
 
 
-@pytest.mark.parametrize("regime", ["nonlinear", "linear", "delta"])
+@pytest.mark.parametrize("regime", ["nonlinear", "linear", "delta", "taujp"])
 def test_gradient_accumulation_equals_one_large_batch(one_process, regime):
-    """k micro-batches (one optimiser step, each loss weighted 1/k, drift penalty counted once) = one batch."""
-    backbone, head, data, _, curv = one_process
-    ref = train(regime, backbone, head, data, worker.train_config(), curv)
+    """k micro-batches (one optimiser step, each loss weighted 1/k, drift penalty counted once; one α and one
+    other-task draw per step) = one batch."""
+    extra = {"taujp_batch_size": 8} if regime == "taujp" else {}
+    ref = worker.run(regime, one_process, worker.train_config(**extra))
     for k in (2, 4):
-        acc = train(regime, backbone, head, data, worker.train_config(grad_accum_steps=k), curv)
+        acc = worker.run(regime, one_process, worker.train_config(grad_accum_steps=k, **extra))
         for role in ref:
             for n, t in ref[role].deltas.items():
                 _close(acc[role].deltas[n], t, f"{regime} k={k} {role} {n}")

@@ -14,6 +14,7 @@ import itertools
 import time
 from pathlib import Path
 
+from deltamerge import distributed as dist
 from deltamerge.artifacts import write_json
 from deltamerge.config import EvalConfig, RunConfig, TrainConfig, config_hash
 from deltamerge.errors import DeltaMergeError
@@ -99,7 +100,9 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     rows.sort(key=lambda r: -r[metric])
     write_json(out / "tune.json", {"suite": suite_name, "regime": regime, "preset": preset, "metric": metric,
                                    "merge_method": merge_method, "base_config": base, "rows": rows})
-    (out / "TUNE.md").write_text(markdown(rows, suite_name, regime, preset, metric))
+    if dist.is_main():
+        (out / "TUNE.md").write_text(markdown(rows, suite_name, regime, preset, metric))
+    dist.barrier("tune: waiting for rank 0's TUNE.md")  # under torchrun every rank's CLI then reads it
     return rows
 
 

@@ -7,10 +7,12 @@ penalties, τJp's other-task term), so with m_j examples in micro-batch j
 
     ∇L(B) = Σ_{ranks} Σ_j (m_j / B) · ∇L(micro-batch j)
 
-holds exactly for the mean terms, and the batch-independent terms — computed on every micro-batch of every rank at
-the same τ — get total weight Σ m_j / B = 1: they count once per optimiser step, as in the one-process run. (With
-equal shards m_j / B = 1/(W·k): each micro-batch loss scaled by 1/(W·k), gradients summed.) Uneven shards are
-therefore exact too; every micro-batch needs at least one example (B ≥ W·k).
+holds exactly for the mean terms (with equal shards m_j / B = 1/(W·k): each micro-batch loss scaled by 1/(W·k),
+gradients summed; uneven shards are exact too; every micro-batch needs ≥ 1 example, B ≥ W·k). The
+batch-independent terms (drift penalties, τJp's and TAK's terms: everything a regime adds through ``every_k``) must
+count once per optimiser step: each rank computes them on its first micro-batch only, scaled by 1/(W·m_0/B)
+(``Regime.penalty_scale``), so their total weight Σ_ranks (m_0/B)·B/(W·m_0) = 1 — and each rank pays for one
+penalty evaluation per step, not k.
 
 Why not ``DistributedDataParallel``: DDP wraps an ``nn.Module`` and all-reduces the ``.grad`` of its parameters,
 but what we optimise are task-vector tensors (τ, LoRA factors; teacher and student for DELTA) fed through
@@ -58,8 +60,13 @@ def gradient_step(regime, params: list[Tensor], data: ArrayDataset, index: Tenso
     for j, part in enumerate(micro_batches(index, cfg.grad_accum_steps)):
         if j and rng_state is not None:
             rng.setstate(rng_state)  # the same α (and any other per-step draw) on every micro-batch
-        part_logs = _backward(regime, data, part, step, device, cfg)
         w = len(part) / len(index)
+        # batch-independent terms on each rank's first micro-batch only, weighted so that Σ_ranks w·scale = 1
+        regime.penalty_scale = 1.0 / (dist.world_size() * w) if j == 0 else 0.0
+        try:
+            part_logs = _backward(regime, data, part, step, device, cfg)
+        finally:
+            regime.penalty_scale = 1.0
         for t in params:
             if t.grad is None:
                 continue

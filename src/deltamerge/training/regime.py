@@ -121,11 +121,18 @@ class Regime:
     def ce(self, features: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(self.head(features.float()), labels)
 
+    #: Weight of the batch-independent terms (``every_k``) on the current micro-batch: 1 in a plain step; under
+    #: data parallelism / gradient accumulation ``training/parallel.py`` sets it so that they count once per step.
+    penalty_scale: float = 1.0
+
     def every_k(self, step: int, term) -> Tensor | None:
         """k·``term()`` on every k-th step (k = ``penalty_every``), None in between: the penalty's average weight is
-        unchanged. (Reusing its last gradient in between was tried: unstable with Adam, see docs/performance.md.)"""
+        unchanged. (Reusing its last gradient in between was tried: unstable with Adam, see docs/performance.md.)
+        Skipped (None) on micro-batches whose ``penalty_scale`` is 0."""
         k = self.cfg.penalty_every
-        return k * term() if step % k == 0 else None
+        if step % k != 0 or self.penalty_scale == 0.0:
+            return None
+        return (k * self.penalty_scale) * term()
 
     def drift(self, tau: Params, step: int) -> Tensor | None:
         """The curvature penalty L_drift(τ), every ``penalty_every`` steps (see ``every_k``)."""
