@@ -97,6 +97,15 @@ def equivalence(out: str) -> None:
             for k, t in layer.tensors.items():
                 results[f"curv/{kind}/{layer.module}/{k}"] = t
     results["world_size"] = torch.tensor(dist.world_size())
+    from deltamerge.errors import DeltaMergeError
+
+    for probe, check in {"diverged": lambda: dist.check_same([torch.tensor([float(dist.rank())])], "probe"),
+                         "disagree": lambda: dist.all_agree(dist.rank() == 0, "probe file")}.items():
+        try:
+            check()
+            results[f"detected/{probe}"] = torch.tensor(0)
+        except DeltaMergeError:
+            results[f"detected/{probe}"] = torch.tensor(1)
     if dist.is_main():
         save_file({k: v.contiguous() for k, v in results.items()}, out)
 

@@ -137,6 +137,12 @@ def test_sharded_evaluation_equals_one_process(two_rank, one_process):
     assert two_rank["eval/nonlinear"].tolist() == pytest.approx([acc[0.5], acc[1.0]], abs=1e-9)
 
 
+def test_ranks_that_diverge_or_disagree_are_stopped(two_rank):
+    """τ that differs between ranks (checked at checkpoints and at the end) and a file seen by some ranks only
+    raise a DeltaMergeError on every rank instead of continuing silently."""
+    assert int(two_rank["detected/diverged"]) == 1 and int(two_rank["detected/disagree"]) == 1
+
+
 def test_micro_batches_keep_the_global_order_and_split_unevenly():
     idx = torch.arange(15)
     parts = [micro_batches(idx, 2, rk, 2) for rk in range(2)]

@@ -166,8 +166,7 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
                 and step + 1 < cfg.steps:
             tensors, cmeta = trainer.state(step + 1)
             dist.check_same([t for _, _, t in trainer.params], f"the task vector at step {step + 1}")
-            if dist.is_main():
-                save_artifact(ckpt, tensors, cmeta)
+            save_artifact(ckpt, tensors, cmeta)  # rank 0 writes (save_artifact is a no-op on other ranks)
     seconds = time.perf_counter() - t0
     dist.check_same([t for _, _, t in trainer.params], "the final task vector")
     for role, vec in regime.vectors.items():

@@ -12,7 +12,8 @@ gradients summed; uneven shards are exact too; every micro-batch needs ≥ 1 exa
 batch-independent terms (drift penalties, τJp's and TAK's terms: everything a regime adds through ``every_k``) must
 count once per optimiser step: each rank computes them on its first micro-batch only, scaled by 1/(W·m_0/B)
 (``Regime.penalty_scale``), so their total weight Σ_ranks (m_0/B)·B/(W·m_0) = 1 — and each rank pays for one
-penalty evaluation per step, not k.
+penalty evaluation per step, not k. The EK-FAC drift penalties go further: a sum over layers, each rank computes
+only its share of the layers (``curvature_share``) with weight W·scale, so W ranks split its cost.
 
 Why not ``DistributedDataParallel``: DDP wraps an ``nn.Module`` and all-reduces the ``.grad`` of its parameters,
 but what we optimise are task-vector tensors (τ, LoRA factors; teacher and student for DELTA) fed through
@@ -35,11 +36,42 @@ from deltamerge.errors import DeltaMergeError
 
 
 def check_split(batch_size: int, cfg: TrainConfig) -> None:
-    """Every rank needs ≥ 1 example in each of its k micro-batches."""
+    """Every rank needs ≥ 1 example in each of its k micro-batches (and, under torchrun, a process group: else
+    every process would train the whole run on its own)."""
+    if dist.launched() and not dist.active():
+        raise DeltaMergeError("started by torchrun (WORLD_SIZE > 1) but no process group: call "
+                              "deltamerge.distributed.init() first (the deltamerge CLI does)")
     world, k = dist.world_size(), cfg.grad_accum_steps
     if batch_size < world * k:
         raise DeltaMergeError(f"batch of {batch_size} examples cannot be split over {world} rank(s) × {k} "
                               f"gradient-accumulation micro-batch(es): need batch_size ≥ {world * k}")
+
+
+def curvature_share(curvature, rk: int | None = None, world: int | None = None) -> set[str] | None:
+    """Names of the parameters whose curvature-penalty terms this rank computes (None in one process: all).
+
+    Σ_l L_drift,l(τ) is a sum over layers, so under data parallelism each rank computes its share of the layers and
+    the gradient sum adds them up — instead of W ranks each paying for the whole penalty, which at W GPUs' smaller
+    per-rank batches would dominate DELTA's step (its cost ≈ (o+i)/N of a layer's training cost, N rows per batch).
+    Layers are dealt largest-first (cost ∝ o·i·(o+i)) to the least-loaded rank: the same deal on every rank."""
+    world = dist.world_size() if world is None else world
+    if world == 1:
+        return None
+    rk = dist.rank() if rk is None else rk
+
+    def cost(layer) -> float:
+        left, right = (layer.tensors["U_G"], layer.tensors["U_A"]) if "U_G" in layer.tensors else \
+            (layer.tensors["G"], layer.tensors["A"])
+        o, i = left.shape[0], right.shape[0]
+        return float(o * i * (o + i))
+
+    load, mine = [0.0] * world, set()
+    for layer in sorted(curvature.layers, key=lambda l: (-cost(l), l.module)):
+        r = min(range(world), key=lambda j: (load[j], j))
+        load[r] += cost(layer)
+        if r == rk:
+            mine.update(n for n in (layer.weight, layer.bias) if n is not None)
+    return mine
 
 
 def micro_batches(index: Tensor, k: int, rk: int | None = None, world: int | None = None) -> list[Tensor]:
