@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +63,17 @@ def worker(args: argparse.Namespace) -> None:
         train(regime, backbone, head, data, cfg.model_copy(update={"steps": 2}), curv)  # warm-up (allocations)
         tv = next(iter(train(regime, backbone, head, data, cfg, curv).values()))
         rows[regime] = tv.meta["train_seconds"]
+    # the collective alone: one all-reduce of a τ-sized gradient (what data parallelism adds per step and role)
+    grads = [torch.zeros_like(p) for p in backbone.parameters()]
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dist.all_reduce_tensors_(grads)
+    allreduce_ms = 1000 * (time.perf_counter() - t0) / 20
     if dist.is_main():
-        Path(args.out).write_text(json.dumps({"world": dist.world_size(), "seconds": rows}))
+        Path(args.out).write_text(json.dumps({"world": dist.world_size(), "seconds": rows,
+                                              "allreduce_ms": allreduce_ms,
+                                              "floats": sum(g.numel() for g in grads)}))
 
 
 def main() -> None:
@@ -80,7 +90,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    results = {}
+    results, extra = {}, {}
     for p in [int(v) for v in args.procs.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "timing.json"
@@ -92,20 +102,24 @@ def main() -> None:
             if args.device == "cpu":
                 env["OMP_NUM_THREADS"] = "1"
             subprocess.run(cmd, env=env, check=True)
-            results[p] = json.loads(out.read_text())["seconds"]
+            got = json.loads(out.read_text())
+            results[p], extra[p] = got["seconds"], got
     procs = sorted(results)
     print(f"\nhost: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; device {args.device}; "
           f"MLP width {args.width}, global batch {args.batch}, {args.steps} steps")
     if args.device == "cpu":
         print("CPU numbers check correctness and all-reduce overhead only; they do not predict GPU scaling.")
-    head = " | ".join(f"{p} proc samples/s" for p in procs)
-    effs = " | ".join(f"eff. {p}" for p in procs[1:])
+    head = " | ".join(f"{p} proc: samples/s (ms/step)" for p in procs)
+    effs = " | ".join(f"efficiency {p}" for p in procs[1:])
     print(f"\n| regime | {head} | {effs} |\n|---|{'---|' * (len(procs) + len(procs) - 1)}")
     for regime in args.regimes.split(","):
         rate = {p: args.steps * args.batch / results[p][regime] for p in procs}
-        cells = " | ".join(f"{rate[p]:.0f}" for p in procs)
+        cells = " | ".join(f"{rate[p]:.0f} ({1000 * results[p][regime] / args.steps:.0f})" for p in procs)
         eff = " | ".join(f"{rate[p] / (p * rate[procs[0]] / procs[0]):.2f}" for p in procs[1:])
         print(f"| {regime} | {cells} | {eff} |")
+    for p in procs[1:]:
+        print(f"\none bucketed all-reduce of a {extra[p]['floats']:,}-float gradient on {p} processes: "
+              f"{extra[p]['allreduce_ms']:.1f} ms (one τ's gradient; DELTA reduces teacher and student: twice the floats)")
 
 
 if __name__ == "__main__":
