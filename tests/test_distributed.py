@@ -155,6 +155,14 @@ def test_batch_too_small_for_ranks_times_micro_batches_is_refused(one_process):
         train("nonlinear", backbone, head, data, worker.train_config(batch_size=3, grad_accum_steps=4))
 
 
+def test_torchrun_without_a_process_group_is_refused(one_process, monkeypatch):
+    """WORLD_SIZE > 1 but nobody called distributed.init(): each process would train the whole run alone."""
+    backbone, head, data, _, _ = one_process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DeltaMergeError, match="no process group"):
+        train("nonlinear", backbone, head, data, worker.train_config())
+
+
 def test_single_process_helpers_are_no_ops(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not dist.init() and dist.rank() == 0 and dist.world_size() == 1 and dist.is_main()
