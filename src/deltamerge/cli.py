@@ -47,6 +47,9 @@ def friendly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            from deltamerge.distributed import init
+
+            init(quiet_workers=True)  # under torchrun: join the process group (no-op in one process)
             return fn(*args, **kwargs)
         except ValidationError as exc:
             raise named_flags(exc) from exc
@@ -454,5 +457,5 @@ def main() -> None:  # pragma: no cover
     app(sys.argv[1:])
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m deltamerge.cli`
+if __name__ == "__main__":  # pragma: no cover - `python -m deltamerge.cli` / `torchrun -m deltamerge.cli`
     main()

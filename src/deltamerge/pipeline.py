@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from deltamerge import distributed as dist
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, write_json
 from deltamerge.config import BaseTrainConfig, RunConfig, with_overrides
@@ -172,6 +173,8 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     timing["total_s"] = round(time.perf_counter() - t_start, 2)
     results["timing"] = timing
     write_json(out / rundir.RESULTS, results)
+    if not dist.is_main():  # ranks > 0 are done: diagnostics and the report are rank 0's (unsharded, no collective)
+        return results
     from deltamerge.run_diagnostics import Loaded, compute_diagnostics, default_config
 
     diag_cfg = cfg.diagnostics or default_config(cfg.preset)

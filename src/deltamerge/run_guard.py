@@ -74,7 +74,13 @@ def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
 
 @contextlib.contextmanager
 def claim_run_dir(out: Path, cfg: RunConfig, force: bool) -> Iterator[None]:
-    """Check ``out`` is writable, lock it for this process, and check it may hold this run (``check_run_dir``)."""
+    """Check ``out`` is writable, lock it for this process, and check it may hold this run (``check_run_dir``).
+    Under torchrun, rank 0 alone checks and claims the directory (the other ranks write nothing in it)."""
+    from deltamerge.distributed import is_main
+
+    if not is_main():
+        yield
+        return
     check_writable_dir(out)
     check_run_dir(out, cfg, force)  # before creating anything
     out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,13 @@ _WHAT_TO_DO = {
 }
 
 
+def _is_main() -> bool:
+    """Whether this process writes files: always outside torchrun, rank 0 under it (``distributed.py``)."""
+    from deltamerge.distributed import is_main
+
+    return is_main()
+
+
 def io_error(exc: OSError, path: str | Path, action: str = "write") -> DeltaMergeError:
     """One clear error for an OSError met while writing/reading ``path``."""
     what = _WHAT_TO_DO.get(exc.errno or -1, exc.strerror or str(exc))
@@ -123,6 +130,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: boo
     ``overwrite=False`` refuses an existing ``path`` (the rename uses ``os.link``, which never replaces). Stale temps
     of earlier interrupted writes to ``path`` are removed first; errors become DeltaMergeError naming ``path``."""
     path = Path(path)
+    if not _is_main():  # data parallelism: every rank holds the same result, rank 0 alone writes it
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -213,6 +222,9 @@ def output_lock(lock_file: str | Path, what: str) -> Iterator[None]:
     the process dies, so a leftover lock file never blocks anyone."""
     import fcntl
 
+    if not _is_main():  # torchrun: rank 0 holds the lock for the job (its other ranks write nothing)
+        yield
+        return
     lock_file = Path(lock_file)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +265,8 @@ def commit_together(writes: dict[Path, Callable[[Path], None]], overwrite: bool 
     """Write several files as one result: every file goes to its temp first; only when all are complete are they
     renamed into place, in the order given (put the main output last: its presence marks a finished result).
     A failed write leaves none of them changed."""
+    if not _is_main():  # as atomic_write: rank 0 alone writes
+        return
     temps: dict[Path, Path] = {}
     try:
         for path, write in writes.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from deltamerge import distributed as dist
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
@@ -70,7 +71,8 @@ def load_or_train(task: Task, backbone: Backbone, head: Head, cfg: BaseTrainConf
             for role, v in existing.items()}
     ckpt = rundir.checkpoint_path(main)
     if len(existing) == len(paths) and all(same.values()):
-        ckpt.unlink(missing_ok=True)  # a kill after the commit but before its removal: the result is on disk
+        if dist.is_main():  # a kill after the commit but before its removal: the result is on disk
+            ckpt.unlink(missing_ok=True)
         return existing
     ckpt = resolve_checkpoint(ckpt, cfg, force, log)
     order = [r for r in paths if r != regime_cls.output_role] + [regime_cls.output_role]  # main output last

@@ -14,6 +14,7 @@ import itertools
 import time
 from pathlib import Path
 
+from deltamerge import distributed as dist
 from deltamerge import rundir
 from deltamerge.artifacts import write_json
 from deltamerge.config import EvalConfig, RunConfig, config_class, config_hash, regimes_with, with_overrides
@@ -104,6 +105,7 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     write_json(out / "tune.json", {"suite": suite_name, "regime": regime, "preset": preset, "metric": metric,
                                    "merge_method": merge_method, "base_config": base, "rows": rows})
     atomic_write_text(out / "TUNE.md", markdown(rows, suite_name, regime, preset, metric))
+    dist.barrier("tune: waiting for rank 0's TUNE.md")  # under torchrun every rank's CLI then reads it
     return rows
 
 

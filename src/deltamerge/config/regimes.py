@@ -40,6 +40,7 @@ class BaseTrainConfig(Strict):
     device: str = "auto"
     compile: bool = False  # torch.compile each regime's forward (+ jvp) and loss; graphs are built on the first step
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
+    grad_accum_steps: int = Field(1, ge=1)  # k micro-batches per optimiser step (each rank's share of batch_size)
     progress: bool = True
     # divergence: stop when ‖τ‖/‖θ0‖ exceeds this (training/safety.py); None disables the check
     max_update_ratio: Optional[float] = Field(10.0, gt=0)

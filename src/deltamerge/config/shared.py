@@ -59,9 +59,9 @@ def resolve_device(name: str):
 
 
 def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device",
-                                                           "max_update_ratio")) -> str:
-    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device and the
-    divergence bound excluded).
+                                                           "max_update_ratio", "grad_accum_steps")) -> str:
+    """Short hash of the settings that change a result (progress bars, checkpoint cadence, device, the divergence
+    bound and gradient accumulation — k micro-batches give the same step as one batch — excluded).
 
     Hashes the fields the configuration *has*: a training config holds its regime's fields only (config/regimes.py),
     so hashes written by the earlier single TrainConfig differ and such vectors are retrained once (docs/config.md)."""

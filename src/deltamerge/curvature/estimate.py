@@ -18,9 +18,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deltamerge.artifacts import fingerprint
+from deltamerge.distributed import is_main
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature
+from deltamerge.curvature.sharded import all_reduce_corrections, all_reduce_factors, broadcast_eigenbases, \
+    shard_reference
 from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import is_token_inputs
@@ -90,9 +93,9 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
         p.requires_grad_(True)
     is_dict = is_token_inputs(reference)
     approx = cfg.kfac_approx if cfg.kfac_approx != "auto" else ("reduce" if is_dict else "expand")
-    data = _Batches(reference, cfg.batch_size, device, backbone.feature_dim)
+    data = _Batches(shard_reference(reference), cfg.batch_size, device, backbone.feature_dim)  # N stays global
     op_cls = EKFACLinearOperator if cfg.kind == "ekfac" else KFACLinearOperator
-    op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=cfg.progress,
+    op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=cfg.progress and is_main(),
                 check_deterministic=False, fisher_type="type-2" if cfg.probes == "exact" else "mc",
                 mc_samples=1 if cfg.probes == "exact" else cfg.mc_samples, kfac_approx=approx,
                 num_data=n, batch_size_fn=(lambda x: num_rows(x)) if is_dict else None,
@@ -100,13 +103,16 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
                 num_per_example_loss_terms=1)  # features [B, D]: one term per example; skips a data pass
     try:
         op.compute_kronecker_factors()
+        all_reduce_factors(op)  # data-parallel ranks: Σ of the per-shard factors (curvature/sharded.py)
         if cfg.kind == "ekfac":
             # Eigenbases in float64 (see module docstring); curvlinops then skips its own float32 eigh.
             for src, dst in ((op._input_covariances, op._input_covariances_eigenvectors),
                              (op._gradient_covariances, op._gradient_covariances_eigenvectors)):
                 for mod_name in list(src.keys()):
                     dst[mod_name] = _eigvecs(src.pop(mod_name), cfg.jitter)
+            broadcast_eigenbases(op)
             op.compute_eigenvalue_correction()
+            all_reduce_corrections(op)
     finally:
         for p in backbone.parameters():
             p.requires_grad_(old_flags[id(p)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deltamerge import distributed as dist
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset, to_device
 from deltamerge.linearize import FunctionalModel
@@ -59,8 +60,18 @@ def predictions_along(backbone: Backbone, data: ArrayDataset, head: Head, tv: Ta
 
 
 def accuracy_along(backbone: Backbone, data: ArrayDataset, head: Head, tv: TaskVector | None,
-                   alphas: list[float], batch_size: int = 256, device: torch.device | str = "cpu"
-                   ) -> dict[float, float]:
+                   alphas: list[float], batch_size: int = 256, device: torch.device | str = "cpu",
+                   shard: bool = False) -> dict[float, float]:
+    """Accuracy per α. ``shard``: under data parallelism each rank predicts its contiguous share of the examples
+    and the correct counts are summed over ranks (every rank gets the same numbers; must be called by all ranks)."""
+    if shard and dist.active():
+        start, stop = dist.shard_range(len(data))
+        part = data.subset(torch.arange(start, stop))
+        preds = predictions_along(backbone, part, head, tv, alphas, batch_size, device) if len(part) else {}
+        counts = torch.tensor([float((preds[a] == part.labels).sum()) if len(part) else 0.0 for a in alphas],
+                              dtype=torch.float64, device=dist.collective_device())
+        dist.all_reduce_sum_(counts, what="evaluation all-reduce")
+        return {a: c / len(data) for a, c in zip(alphas, counts.tolist())}
     preds = predictions_along(backbone, data, head, tv, alphas, batch_size, device)
     return {a: (p == data.labels).float().mean().item() for a, p in preds.items()}
 

@@ -41,7 +41,7 @@ class EvalContext:
 
     def acc(self, task: Task, split: str, tv: TaskVector | None, alphas: list[float]) -> dict[float, float]:
         return accuracy_along(self.backbone, self.split(task, split), self.heads[task.name], tv, alphas,
-                              self.cfg.batch_size, self.device)
+                              self.cfg.batch_size, self.device, shard=True)  # split over data-parallel ranks
 
 
 def pretrained(ctx: EvalContext, tasks: dict[str, Task]) -> dict:

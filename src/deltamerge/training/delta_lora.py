@@ -32,7 +32,8 @@ class DeltaLoRA(Delta):
         return self.adapters.model, self.adapters.tau()
 
     def student_drift(self, step: int) -> Tensor | None:
-        return self.every_k(step, lambda: self.curvature.lowrank_penalty(self.adapters.factors()))
+        return self.every_k(step, lambda: self.curvature.lowrank_penalty(self.own_layers(self.adapters.factors())),
+                            split=True)
 
     def learning_rate(self, role: str, name: str) -> float:
         return factor_lr(self.cfg) if role == "student" else self.cfg.lr  # LoRA student, full-FT teacher

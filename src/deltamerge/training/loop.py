@@ -14,16 +14,18 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from deltamerge import distributed as dist
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, as_train_config, config_hash, resolve_device
 from deltamerge.curvature import Curvature
-from deltamerge.data import ArrayDataset, take, to_device
+from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
 from deltamerge.training.logs import StepLog
+from deltamerge.training.parallel import check_split, gradient_step
 from deltamerge.training.regime import Regime, get_regime, trainable_names
 from deltamerge.training.safety import check_divergence, finish
 
@@ -151,23 +153,25 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
     model = FunctionalModel(backbone, trainable_names(backbone, policy))
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)
+    dist.broadcast_tensors_(regime.shared_tensors(), what="initial state")  # ranks start identical (e.g. TaLoS mask)
+    check_split(min(cfg.batch_size, len(data)), cfg)
     trainer = _Trainer(regime, cfg)
     ckpt = Path(checkpoint) if checkpoint else None
-    start = trainer.load(ckpt) if (resume and ckpt is not None and ckpt.exists()) else 0
+    found = dist.all_agree(resume and ckpt is not None and ckpt.exists(), f"the checkpoint {ckpt}")
+    start = trainer.load(ckpt) if found else 0
     batches = index_stream(len(data), cfg.batch_size, cfg.seed, start)
-    show = cfg.progress and not os.environ.get("DELTAMERGE_NO_PROGRESS")
+    show = cfg.progress and not os.environ.get("DELTAMERGE_NO_PROGRESS") and dist.is_main()
     bar = tqdm(range(start, cfg.steps), desc=f"{regime_name}:{(meta or {}).get('task', '')}", disable=not show,
                leave=False, initial=start, total=cfg.steps)
     logs: dict[str, float] = {}
-    step_log = StepLog(log_file, start, {"regime": regime_name, **(meta or {})}) if log_file else None
+    # rank 0 alone logs (the logs gradient_step returns are already averaged over ranks)
+    step_log = StepLog(log_file, start, {"regime": regime_name, **(meta or {})}) \
+        if log_file and dist.is_main() else None
     try:
         t0 = time.perf_counter()
         for step in bar:
-            idx = next(batches)
-            x, y = to_device(take(data.inputs, idx), device), data.labels[idx].to(device)
             trainer.opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logs = regime.backward(x, y, step)
+            logs = gradient_step(regime, [t for _, _, t in trainer.params], data, next(batches), step, device, cfg)
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([t for _, _, t in trainer.params], cfg.grad_clip)
             trainer.decay()
@@ -182,7 +186,8 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
             if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < cfg.steps:
                 tensors, cmeta = trainer.state(step + 1)
-                save_artifact(ckpt, tensors, cmeta)
+                dist.check_same([t for _, _, t in trainer.params], f"the task vector at step {step + 1}")
+                save_artifact(ckpt, tensors, cmeta)  # rank 0 writes (writes are no-ops on other ranks)
     except BaseException:
         if step_log is not None:  # a failed run leaves no log unless its checkpoint (which the log describes) remains
             step_log.close(discard=ckpt is None or not ckpt.exists())
@@ -190,6 +195,7 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
     seconds = time.perf_counter() - t0
     if step_log is not None:
         step_log.close()
+    dist.check_same([t for _, _, t in trainer.params], "the final task vector")
     for role, vec in regime.vectors.items():
         if not all(torch.isfinite(t).all() for t in vec.values()):
             raise DeltaMergeError(f"the {role} task vector has NaN/inf entries after {cfg.steps} steps: training "
@@ -207,7 +213,9 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
                                None if factors is None else {n: (b.detach().cpu().clone(), a.detach().cpu().clone())
                                                              for n, (b, a) in factors.items()})
     try:
-        finish(ckpt, trainer.state, cfg.steps, start, out, commit)  # checkpoint → commit → remove the checkpoint
+        # checkpoint → commit → remove the checkpoint; rank 0 alone (every rank holds the same vectors)
+        if dist.is_main():
+            finish(ckpt, trainer.state, cfg.steps, start, out, commit)
     except BaseException:
         if step_log is not None and (ckpt is None or not ckpt.exists()):
             step_log.close(discard=True)  # nothing to resume: the log of this run goes with it

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from deltamerge import distributed as dist
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig
 from deltamerge.curvature import Curvature
@@ -16,6 +17,7 @@ from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.compiled import maybe_compile
 from deltamerge.training.context import TrainContext
+from deltamerge.training.parallel import curvature_share
 
 REGIMES: dict[str, type["Regime"]] = {}
 
@@ -75,9 +77,11 @@ class Regime:
             (context or TrainContext()).require(self.needs_others, self.name)
         self.model, self.head, self.cfg, self.curvature, self.context = model, head, cfg, curvature, context
         self.vectors: dict[str, Params] = {role: model.zeros() for role in self.vector_kinds}
+        self.penalty_share: set[str] | None = None  # data parallelism: this rank's curvature layers (None: all)
         if curvature is not None:
             covered = set(curvature.parameter_names)
             self.uncovered = [n for n in model.names if n not in covered]
+            self.penalty_share = curvature_share(curvature)
         self.setup()
 
     def setup(self) -> None:
@@ -112,6 +116,11 @@ class Regime:
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. TaLoS projects τ back onto its mask)."""
 
+    def shared_tensors(self) -> list[Tensor]:
+        """State that must be identical on every data-parallel rank before the first step; rank 0's copy is
+        broadcast after ``prepare``: the optimised tensors, plus what a regime derives from data (TaLoS's mask)."""
+        return [t for vec in self.vectors.values() for t in vec.values()]
+
     def extra_meta(self) -> dict:
         """Regime-specific facts stored in every task vector's metadata."""
         return {}
@@ -120,15 +129,30 @@ class Regime:
     def ce(self, features: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(self.head(features.float()), labels)
 
-    def every_k(self, step: int, term) -> Tensor | None:
+    #: Weight of the batch-independent terms (``every_k``) on the current micro-batch: 1 in a plain step; under
+    #: data parallelism / gradient accumulation ``training/parallel.py`` sets it so that they count once per step.
+    penalty_scale: float = 1.0
+
+    def every_k(self, step: int, term, split: bool = False) -> Tensor | None:
         """k·``term()`` on every k-th step (k = ``penalty_every``), None in between: the penalty's average weight is
-        unchanged. (Reusing its last gradient in between was tried: unstable with Adam, see docs/performance.md.)"""
+        unchanged. (Reusing its last gradient in between was tried: unstable with Adam, see docs/performance.md.)
+        Skipped (None) on micro-batches whose ``penalty_scale`` is 0; ``split``: ``term`` covers only this rank's
+        ``penalty_share`` of the layers, so it is weighted W times more (training/parallel.py)."""
         k = self.cfg.penalty_every
-        return k * term() if step % k == 0 else None
+        if step % k != 0 or self.penalty_scale == 0.0:
+            return None
+        ranks = dist.world_size() if split and self.penalty_share is not None else 1
+        return (k * self.penalty_scale * ranks) * term()
+
+    def own_layers(self, tensors: dict) -> dict:
+        """The entries of ``tensors`` (keyed by parameter name) whose drift terms this rank computes."""
+        share = self.penalty_share
+        return tensors if share is None else {n: t for n, t in tensors.items() if n in share}
 
     def drift(self, tau: Params, step: int) -> Tensor | None:
         """The curvature penalty L_drift(τ), every ``penalty_every`` steps (see ``every_k``)."""
-        return self.every_k(step, lambda: self.curvature.penalty(tau, batched=self.cfg.penalty_batched))
+        share = self.own_layers(tau)
+        return self.every_k(step, lambda: self.curvature.penalty(share, batched=self.cfg.penalty_batched), split=True)
 
     def compiled(self, fn):
         """``fn`` as one ``torch.compile`` graph when ``cfg.compile`` (see ``training/compiled.py``), else ``fn``."""

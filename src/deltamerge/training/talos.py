@@ -109,6 +109,9 @@ class TaLoS(NonLinear):
             for n, t in self.vectors["main"].items():
                 t.mul_(self.masks[n])
 
+    def shared_tensors(self) -> list[Tensor]:
+        return [*super().shared_tensors(), *self.masks.values()]  # every rank calibrates; rank 0's mask wins
+
     def extra_meta(self) -> dict:
         kept = int(sum(int(m.sum().item()) for m in self.masks.values()))
         total = int(sum(m.numel() for m in self.masks.values()))

@@ -43,15 +43,21 @@ class TauJp(Linear):
         super().setup()
         self.device = next(iter(self.model.base.values())).device
         self.streams: dict | None = None
+        self._drawn: tuple[int, dict[str, Inputs]] | None = None
 
     def other_batches(self, step: int) -> dict[str, Inputs]:
         """This step's batch from every other task: one reshuffled stream per task, started at ``step`` on the
         first call, so a run resumed from a checkpoint draws the same batches as an uninterrupted one."""
+        if self._drawn is not None and self._drawn[0] == step:  # micro-batches of one step share its draw
+            return self._drawn[1]
         others = self.context.other_inputs
         if self.streams is None:
             self.streams = {name: index_stream(num_rows(x), self.cfg.taujp_batch_size, self.cfg.seed + 1 + i, step)
                             for i, (name, x) in enumerate(sorted(others.items()))}
-        return {name: to_device(take(others[name], next(stream)), self.device) for name, stream in self.streams.items()}
+        batches = {name: to_device(take(others[name], next(stream)), self.device)
+                   for name, stream in self.streams.items()}
+        self._drawn = (step, batches)
+        return batches
 
     def penalty(self, tau: Params, step: int) -> Tensor | None:
         """The drift on the other tasks' inputs, every ``penalty_every`` steps with weight ``penalty_every``."""
