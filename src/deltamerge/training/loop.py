@@ -8,6 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,8 +19,11 @@ from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import TrainConfig, config_hash, resolve_device
 from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, take, to_device
+from deltamerge.data_sources import as_dataset
 from deltamerge.errors import DeltaMergeError
+from deltamerge.heads import check_frozen_head
 from deltamerge.linearize import FunctionalModel
+from deltamerge.model import as_backbone
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
 from deltamerge.training.regime import Regime, get_regime, trainable_names
@@ -116,13 +120,18 @@ class _Trainer:
         return step
 
 
-def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, cfg: TrainConfig,
+def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: TrainConfig,
           curvature: Curvature | None = None, checkpoint: str | Path | None = None, resume: bool = False,
           meta: dict | None = None, context: TrainContext | None = None) -> dict[str, TaskVector]:
     """Fine-tune one task under one regime; returns the task vectors by role (the output role is the product).
 
+    ``backbone``: a Backbone or a ``deltamerge.wrap``-ed model; ``data``: any source ``deltamerge.data_sources``
+    accepts; ``head``: frozen (see ``heads.check_frozen_head``).
     ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``."""
     regime_cls = get_regime(regime_name)
+    data = as_dataset(data, what="training data")
+    backbone = as_backbone(backbone, sample=lambda: take(data.inputs, torch.arange(min(len(data), 2))))
+    check_frozen_head(head)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)

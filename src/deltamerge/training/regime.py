@@ -78,6 +78,9 @@ class Regime:
         if curvature is not None:
             covered = set(curvature.parameter_names)
             self.uncovered = [n for n in model.names if n not in covered]
+            from deltamerge.model import report_uncovered
+
+            report_uncovered(model.backbone, self.uncovered, self.name)  # no drift penalty on these: say so once
 
     @classmethod
     def unsupported_reason(cls, backbone: Backbone) -> str | None:
