@@ -201,6 +201,10 @@ class WrappedModel(Backbone):
         self.feature_dim = 0
         self.train(False)
 
+    def fingerprint_module(self) -> nn.Module:
+        """The module ``artifacts.fingerprint`` hashes: the user's model (the wrapper adds no weights)."""
+        return self.model
+
     # ---- running the model -------------------------------------------------------------------------------
     def _core(self) -> nn.Module:
         """The module that is called: the encoder of an encoder-decoder, the base model of a model with a head."""
