@@ -80,13 +80,15 @@ def prototype_head(features: Tensor, labels: Tensor, num_classes: int, calib_fea
     return Head(protos, center=center, normalize=True, scale=float(scales[losses.argmin()]))
 
 
-def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: int, shots: int, seed: int = 0,
+def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: int | None = None, shots: int = 16,
+                  seed: int = 0,
                   device: str | torch.device = "cpu", calibration: int = 512) -> Head:
     """Prototypes from ``shots`` examples per class; temperature from up to ``calibration`` other train examples.
     ``train``: any labelled source ``deltamerge.data_sources.as_dataset`` accepts."""
     from deltamerge.data_sources import as_dataset
 
     train = as_dataset(train, what="few-shot head data")
+    num_classes = int(train.labels.max()) + 1 if num_classes is None else num_classes
     shot_idx = few_shot_indices(train.labels, num_classes, shots, seed)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[shot_idx] = False
