@@ -128,7 +128,7 @@ def test_mergekit_merges_of_exported_checkpoints_agree_with_deltamerge(tmp_path)
                   f"      weight: {1 - 3 * lam}\nparameters:\n  normalize: false\ndtype: float32\n",
         "ties": f"merge_method: ties\nbase_model: {base}\nmodels:\n{ties_models}"
                 "parameters:\n  normalize: true\ndtype: float32\n",
-        # the example config written beside the checkpoints, as is (relative paths: run in that folder)
+        # the example config written beside the checkpoints, as is
         "exported": (tmp_path / "ckpt" / "mergekit.yaml").read_text()}, cwd=tmp_path / "ckpt")
 
     # task arithmetic: θ0 + λ Σ τ_t

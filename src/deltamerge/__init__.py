@@ -5,7 +5,7 @@ The public API (imported on first use, so that ``import deltamerge`` and the CLI
 * ``wrap(model, features=..., trainable=..., curvature=...)``: any nn.Module / transformers model as a backbone;
 * ``dataset(data, columns=...)``: any data source (torch / Hugging Face datasets / batches) as labelled data;
 * ``finetune(model, head, data, regime=..., curvature=..., **train_options)`` → task vectors;
-* ``estimate_curvature``, ``merge``, ``TaskVector`` (``applied``), ``export`` / ``export_task_checkpoints``;
+* ``estimate_curvature``, ``merge``, ``TaskVector`` (``applied``), ``export_model`` / ``export_task_checkpoints``;
 * heads: ``prototype_head``, ``few_shot_head``, ``zero_shot_head``, ``Head``.
 """
 
@@ -21,7 +21,7 @@ _EXPORTS = {
     "finetune": "deltamerge.api", "merge": "deltamerge.api", "estimate_curvature": "deltamerge.api",
     "dataset": "deltamerge.api", "inputs": "deltamerge.api", "Curvature": "deltamerge.curvature",
     "TaskVector": "deltamerge.taskvector", "fingerprint": "deltamerge.artifacts",
-    "export": "deltamerge.export", "export_hf": "deltamerge.export", "export_state_dict": "deltamerge.export",
+    "export_model": "deltamerge.export", "export_hf": "deltamerge.export", "export_state_dict": "deltamerge.export",
     "export_task_checkpoints": "deltamerge.export",
     "prototype_head": "deltamerge.heads", "few_shot_head": "deltamerge.heads", "zero_shot_head": "deltamerge.heads",
     "Head": "deltamerge.backbones.base", "Backbone": "deltamerge.backbones.base",

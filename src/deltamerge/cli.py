@@ -316,7 +316,7 @@ def export(out: Path = typer.Argument(..., help="output folder (hf, checkpoints)
                                       "mergekit)"),
            force: bool = False) -> None:
     """Write θ0 + α·τ as a deployable model (Hugging Face folder or safetensors), or one checkpoint per vector."""
-    from deltamerge.export import export as write, export_task_checkpoints, load_hf_model
+    from deltamerge.export import export_model, export_task_checkpoints, load_hf_model
     from deltamerge.taskvector import TaskVector
 
     if (suite is None) == (model is None):
@@ -335,7 +335,7 @@ def export(out: Path = typer.Argument(..., help="output folder (hf, checkpoints)
         return
     if len(loaded) > 1:
         raise DeltaMergeError("--format hf/safetensors writes one model: merge the vectors first (deltamerge merge)")
-    write(base, out, loaded[0] if loaded else None, alpha, format=format, overwrite=force)
+    export_model(base, out, loaded[0] if loaded else None, alpha, format=format, overwrite=force)
     typer.echo(f"wrote {out} ({format}, α = {alpha})")
 
 

@@ -156,12 +156,13 @@ def export_task_checkpoints(model: nn.Module, vectors: dict[str, TaskVector], ou
                 export_state_dict(model, tmp / f"{name}.safetensors", tv, 1.0)
                 paths[name] = Path(out) / f"{name}.safetensors"
         if format == "hf":
-            models = "\n".join(f"  - model: {name}\n    parameters:\n      weight: 1.0" for name in vectors)
-            (tmp / "mergekit.yaml").write_text(MERGEKIT_EXAMPLE.format(base="base", models=models))
+            final = Path(out).resolve()  # absolute paths: mergekit takes a bare name for a hub id
+            models = "\n".join(f"  - model: {final / name}\n    parameters:\n      weight: 1.0" for name in vectors)
+            (tmp / "mergekit.yaml").write_text(MERGEKIT_EXAMPLE.format(base=final / "base", models=models))
     return paths
 
 
-def export(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
+def export_model(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
            format: str = "hf", overwrite: bool = False) -> Path:
     """θ0 + α·τ as a Hugging Face folder (``format='hf'``) or a safetensors state dict (``'safetensors'``)."""
     if format == "hf":
@@ -177,7 +178,7 @@ def merged_model(model: nn.Module, vector: TaskVector, alpha: float = 1.0) -> nn
     return vector.applied(model, alpha)
 
 
-__all__ = ["export", "export_hf", "export_state_dict", "export_task_checkpoints", "merged_model"]
+__all__ = ["export_model", "export_hf", "export_state_dict", "export_task_checkpoints", "merged_model"]
 
 
 

@@ -271,12 +271,12 @@ class WrappedModel(Backbone):
                 p.requires_grad_(False)
             for m in candidates.values():
                 m.weight.requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad():  # also when called under no_grad (e.g. inside an evaluation)
                 feats = self.forward(inputs)
-            self.feature_dim = int(feats.shape[-1])
-            names = [n for n, outs in outputs.items() for o in outs if o.requires_grad]
-            tensors = [o for outs in outputs.values() for o in outs if o.requires_grad]
-            grads = torch.autograd.grad(feats.float().sum(), tensors, allow_unused=True) if tensors else []
+                self.feature_dim = int(feats.shape[-1])
+                names = [n for n, outs in outputs.items() for o in outs if o.requires_grad]
+                tensors = [o for outs in outputs.values() for o in outs if o.requires_grad]
+                grads = torch.autograd.grad(feats.float().sum(), tensors, allow_unused=True) if tensors else []
         finally:
             for h in hooks:
                 h.remove()
