@@ -143,3 +143,26 @@ def test_public_head_builders():
     torch.testing.assert_close(head.weight, expected)
     f = torch.randn(3, 4)
     torch.testing.assert_close(head(f), 10.0 * F.normalize(f, dim=-1) @ expected.T)
+
+
+class _DictItems(torch.utils.data.Dataset):
+    """A map-style dataset whose items are dicts (the shape many torch / HF pipelines produce)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"features": self.x[i], "target": self.y[i], "id": i}
+
+
+def test_map_style_dataset_with_dict_items_and_a_column_mapping():
+    x, y = _xy()
+    data = as_dataset(_DictItems(x, y), columns={"inputs": "features", "labels": "target"})
+    assert torch.equal(data.labels, y)
+    assert torch.equal(data.subset(torch.tensor([5, 2])).inputs, x[[5, 2]])
+    head = Head(torch.randn(2, 6))
+    ref = train("nonlinear", ToyMLP(), head, ArrayDataset(x, y), _cfg())["main"]
+    _same(ref, train("nonlinear", ToyMLP(), head, data, _cfg())["main"])

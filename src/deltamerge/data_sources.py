@@ -92,6 +92,8 @@ def _split_item(item: Any, columns: Columns | None) -> tuple[Any, Any]:
                 x = next(iter(x.values()))
         elif isinstance(spec, str):
             x = item[spec]
+        elif isinstance(spec, Mapping):
+            x = {k: item[c] for k, c in spec.items()}
         else:
             x = {c: item[c] for c in spec}
         return x, (item[lab] if lab is not None else None)
