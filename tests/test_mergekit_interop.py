@@ -149,5 +149,5 @@ def test_mergekit_merges_of_exported_checkpoints_agree_with_deltamerge(tmp_path)
     ours_global = _ours(model, merge(tv_list, "ties", 1.0, density=density))  # same density, global trim
     diff = _max_diff(ours_global, mk_ties)
     print(f"TIES density {density}: per-tensor vs mergekit {_max_diff(ours_pt, mk_ties):.2e}; "
-          f"global (deltamerge default) vs mergekit {diff:.2e}")
+          f"global trimming (deltamerge ties) vs mergekit {diff:.2e}")
     assert diff > 1e-6
