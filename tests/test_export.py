@@ -104,3 +104,28 @@ def test_cli_export_from_a_local_model_folder(tmp_path):
     assert bad.exit_code == 2 and "error: give exactly one of --suite" in bad.output
     bad = runner.invoke(app, ["export", str(tmp_path / "out"), "--model", str(tmp_path / "base")])
     assert bad.exit_code == 2 and "refusing to overwrite" in bad.output
+
+
+def test_cli_export_from_a_suite_backbone_as_safetensors_and_checkpoints(tmp_path):
+    from deltamerge.suites import get_suite
+
+    backbone = get_suite("synthetic").backbone()
+    tvs = []
+    for i in range(2):
+        tv = _random_vector(backbone)
+        tv.meta["task"] = f"t{i}"
+        tv.save(tmp_path / f"t{i}.safetensors")
+        tvs.append(tv)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(tmp_path / "m.safetensors"), "--suite", "synthetic", "--format",
+                              "safetensors", "--vector", str(tmp_path / "t0.safetensors"), "--alpha", "2"])
+    assert res.exit_code == 0, res.output
+    state = load_file(str(tmp_path / "m.safetensors"))
+    torch.testing.assert_close(state["fc1.weight"], backbone.fc1.weight + 2 * tvs[0].deltas["fc1.weight"])
+    res = runner.invoke(app, ["export", str(tmp_path / "ck"), "--suite", "synthetic", "--format", "checkpoints",
+                              "--vector", str(tmp_path / "t0.safetensors"), "--vector", str(tmp_path / "t1.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base.safetensors", "t0.safetensors", "t1.safetensors"}
+    res = runner.invoke(app, ["export", str(tmp_path / "h"), "--suite", "synthetic",
+                              "--vector", str(tmp_path / "t0.safetensors")])
+    assert res.exit_code == 2 and "no single transformers model" in res.output and not (tmp_path / "h").exists()
