@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_measure import PeakMemory, per_step, time_calls  # noqa: E402
 from bench_models import ModelSpec, model_spec, random_curvature, random_head  # noqa: E402
 
-from deltamerge.config import CurvatureConfig, TrainConfig  # noqa: E402
+from deltamerge.config import CurvatureConfig, train_config  # noqa: E402
 from deltamerge.linearize import FunctionalModel  # noqa: E402
 from deltamerge.training import get_regime, trainable_names  # noqa: E402
 from deltamerge.training.loop import _Trainer  # noqa: E402  (the loop's optimizer + decoupled decay, unchanged)
 
 
 def train_rows(k: int) -> dict[str, tuple[str, dict, str]]:
-    """Row key → (regime, TrainConfig overrides, description). The first row is the reference for every ratio."""
+    """Row key → (regime, training-config overrides, description). The first row is the reference for every ratio."""
     return {
         "nonlinear": ("nonlinear", {}, "non-linear FT"),
         "linear": ("linear", {}, "linear FT (one jvp)"),
@@ -66,8 +66,8 @@ def measure_train(args, model: str, key: str, device: torch.device) -> dict:
     mem.start()
     backbone = spec.build().to(device).eval()
     head = random_head(backbone, 10, device)
-    cfg = TrainConfig(regime=regime_name, batch_size=args.batch, bf16=args.bf16, compile=args.compile,
-                      device=str(device), progress=False, steps=10_000, **overrides)
+    cfg = train_config(regime_name, batch_size=args.batch, bf16=args.bf16, compile=args.compile,
+                       device=str(device), progress=False, steps=10_000, **overrides)
     regime_cls = get_regime(regime_name)
     curvature = random_curvature(backbone, device) if regime_cls.needs_curvature else None
     model_fn = FunctionalModel(backbone, trainable_names(backbone, "default"))
@@ -83,7 +83,7 @@ def measure_train(args, model: str, key: str, device: torch.device) -> dict:
         trainer.decay()
         trainer.opt.step()
 
-    cycle = max(cfg.penalty_every, cfg.kd_every)
+    cycle = max(getattr(cfg, "penalty_every", 1), getattr(cfg, "kd_every", 1))  # regimes without them: 1
     steps = args.steps + (-args.steps) % cycle  # whole cycles for a lever acting every k steps
     seconds = time_calls(step, device, args.warmup, steps)
     return {"model": model, "model_description": spec.description, "row": key, "description": description,
@@ -183,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--penalty-every", type=int, default=4, help="k of the 'penalty every k steps' row")
     p.add_argument("--curv-batches", default="1,3", help="curvature timed on n1,n2 batches (marginal rate)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for every row")
-    p.add_argument("--compile", action="store_true", help="torch.compile for every row (TrainConfig.compile)")
+    p.add_argument("--compile", action="store_true", help="torch.compile for every row (the config's compile)")
     p.add_argument("--rows", help="comma-separated subset of rows (default: all, plus curvature and inference)")
     p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                    help="each configuration in a fresh process (default on CPU: exact peak RSS)")

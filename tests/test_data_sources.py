@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import deltamerge
 from deltamerge.backbones.base import Head
 from deltamerge.backbones.toy import ToyMLP
-from deltamerge.config import CurvatureConfig, TrainConfig
+from deltamerge.config import CurvatureConfig, train_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.data import ArrayDataset
 from deltamerge.data_sources import as_dataset, as_inputs
@@ -32,7 +32,7 @@ def _xy(n=40):
 
 
 def _cfg(**kw):
-    return TrainConfig(**{**dict(steps=4, batch_size=8, lr=1e-2, progress=False), **kw})
+    return train_config("nonlinear", **{**dict(steps=4, batch_size=8, lr=1e-2, progress=False), **kw})
 
 
 def _hf(x, y, tmp_path):
@@ -52,7 +52,7 @@ def test_every_source_trains_to_the_same_vector(tmp_path):
     """Was: a DataLoader / TensorDataset raised AttributeError '... has no attribute inputs' in training/loop.py."""
     x, y = _xy()
     head = Head(torch.randn(2, 6))
-    ref = train("nonlinear", ToyMLP(), head, ArrayDataset(x, y), _cfg())["main"]
+    ref = train(ToyMLP(), head, ArrayDataset(x, y), _cfg())["main"]
     hf = _hf(x, y, tmp_path)
     sources = {
         "TensorDataset": TensorDataset(x, y),
@@ -62,7 +62,7 @@ def test_every_source_trains_to_the_same_vector(tmp_path):
         "datasets.Dataset": deltamerge.dataset(hf, columns={"inputs": "features", "labels": "target"}),
     }
     for name, data in sources.items():
-        _same(ref, train("nonlinear", ToyMLP(), head, data, _cfg())["main"])
+        _same(ref, train(ToyMLP(), head, data, _cfg())["main"])
 
 
 def test_hf_dataset_inputs_are_read_lazily_and_dict_inputs_map_columns(tmp_path):
@@ -88,10 +88,10 @@ def test_a_datasets_column_or_garbage_is_refused_at_once(tmp_path):
     with pytest.raises(DeltaMergeError, match="one column of a datasets.Dataset"):
         few_shot_head(ToyMLP(), ArrayDataset(x, hf["target"]), 2, shots=4)
     with pytest.raises(DeltaMergeError, match="one column of a datasets.Dataset"):
-        train("nonlinear", ToyMLP(), Head(torch.randn(2, 6)), hf["target"], _cfg())
+        train(ToyMLP(), Head(torch.randn(2, 6)), hf["target"], _cfg())
     for bad in ("data.csv", x, {"x": x}, 3):
         with pytest.raises(DeltaMergeError, match="expected an ArrayDataset"):
-            train("nonlinear", ToyMLP(), Head(torch.randn(2, 6)), bad, _cfg())
+            train(ToyMLP(), Head(torch.randn(2, 6)), bad, _cfg())
     with pytest.raises(DeltaMergeError, match="class indices"):
         as_dataset(TensorDataset(x, x[:, 0]))  # float labels
     with pytest.raises(DeltaMergeError, match="no labels"):
@@ -125,9 +125,9 @@ def test_a_trainable_head_is_refused_because_heads_are_frozen():
     x, y = _xy()
     linear = nn.Linear(6, 2)
     with pytest.raises(DeltaMergeError, match="heads are frozen in the paper's setting"):
-        train("nonlinear", ToyMLP(), linear, ArrayDataset(x, y), _cfg())
+        train(ToyMLP(), linear, ArrayDataset(x, y), _cfg())
     linear.requires_grad_(False)  # a frozen module is a valid head
-    out = train("nonlinear", ToyMLP(), linear, ArrayDataset(x, y), _cfg())["main"]
+    out = train(ToyMLP(), linear, ArrayDataset(x, y), _cfg())["main"]
     assert out.norm() > 0
 
 
@@ -164,5 +164,5 @@ def test_map_style_dataset_with_dict_items_and_a_column_mapping():
     assert torch.equal(data.labels, y)
     assert torch.equal(data.subset(torch.tensor([5, 2])).inputs, x[[5, 2]])
     head = Head(torch.randn(2, 6))
-    ref = train("nonlinear", ToyMLP(), head, ArrayDataset(x, y), _cfg())["main"]
-    _same(ref, train("nonlinear", ToyMLP(), head, data, _cfg())["main"])
+    ref = train(ToyMLP(), head, ArrayDataset(x, y), _cfg())["main"]
+    _same(ref, train(ToyMLP(), head, data, _cfg())["main"])

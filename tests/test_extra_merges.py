@@ -1,6 +1,7 @@
 """`deltamerge run` with extra post-hoc merges on the non-linear vectors (synthetic suite, nonlinear regime only)."""
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -49,5 +50,10 @@ def test_extra_merges_fail_fast_and_clearly(tmp_path, extra_run):
     out, res = extra_run
     r = CliRunner().invoke(app, ["run", "synthetic", "--regimes", "nonlinear", "--out", str(out),
                                  "--merge-method", "core"])
-    assert r.exit_code == 2 and "carry no LoRA factors" in r.output
+    assert r.exit_code == 2 and "another configuration" in r.output  # a finished run is not replaced silently
     assert json.loads((out / "results.json").read_text()) == res
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = CliRunner().invoke(app, ["run", "synthetic", "--regimes", "nonlinear", "--out", str(copy),
+                                 "--merge-method", "core", "--force"])
+    assert r.exit_code == 2 and "carry no LoRA factors" in r.output

@@ -9,7 +9,7 @@ from torch import nn
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.toy import ToyMLP, ToyTransformer
-from deltamerge.config import CurvatureConfig, TrainConfig
+from deltamerge.config import CurvatureConfig, recipe_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.linearize import FunctionalModel
 from deltamerge.training import get_regime, trainable_names
@@ -39,7 +39,7 @@ def toy():
 def _grads(toy, regime: str, step: int = 0, with_regime: bool = False, **overrides):
     """One ``backward`` at a fixed random τ (same for every call); returns logs and all gradients, flattened."""
     backbone, head, x, y, curv = toy
-    cfg = TrainConfig(**{"beta_teacher": 1.0, "beta_student": 1.0, "alpha_sampling": "fixed", **overrides})
+    cfg = recipe_config(regime, **{"beta_teacher": 1.0, "beta_student": 1.0, "alpha_sampling": "fixed", **overrides})
     model = FunctionalModel(backbone, trainable_names(backbone, "default"))
     r = get_regime(regime)(model, head, cfg, curv)
     gen = torch.Generator().manual_seed(1)

@@ -13,7 +13,7 @@ from torch.func import functional_call, jvp
 from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.toy import ToyMLP, ToyTransformer
-from deltamerge.config import CurvatureConfig, RunConfig, TrainConfig
+from deltamerge.config import CurvatureConfig, RunConfig, recipe_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
@@ -47,11 +47,11 @@ class TinyConv(Backbone):
         return self.fc(h.mean((-2, -1)))
 
 
-def _cfg(**kw):
+def _cfg(regime: str, **kw):
     base = dict(steps=4, batch_size=16, lr=1e-2, weight_decay=0.0, progress=False, beta_teacher=1.0,
                 beta_student=1.0, lora_rank=3, lora_alpha=6.0, schedule="constant")
     base.update(kw)
-    return TrainConfig(**base)
+    return recipe_config(regime, **base)
 
 
 def _regime(name, backbone, cfg, curvature=None):
@@ -73,7 +73,7 @@ def _curv(backbone, ref, **kw):
 def test_initial_tau_is_zero_and_only_factors_train():
     backbone = ToyMLP()
     before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
-    reg = _regime("lora", backbone, _cfg())
+    reg = _regime("lora", backbone, _cfg("lora"))
     names = sorted(reg.vectors["main"])
     assert names == sorted([f"{p}fc{i}.weight" for i in (1, 2, 3) for p in (LORA_A, LORA_B)])
     assert all(t.abs().max() == 0 for t in reg.adapters.tau().values())
@@ -81,7 +81,7 @@ def test_initial_tau_is_zero_and_only_factors_train():
         bound = 1 / math.sqrt(a.shape[1])
         assert a.abs().max() <= bound and a.std() > 0.3 * bound
     data, head = _mlp_data()
-    out = train("lora", backbone, head, data, _cfg(steps=5))["main"]
+    out = train(backbone, head, data, _cfg("lora", steps=5))["main"]
     assert set(out.deltas) == {"fc1.weight", "fc2.weight", "fc3.weight"}  # biases untouched
     assert out.norm() > 0 and out.kind == "nonlinear"
     for n, p in backbone.named_parameters():
@@ -92,7 +92,7 @@ def test_exported_deltas_equal_scaled_BA_including_convs():
     backbone = TinyConv()
     x = torch.randn(32, 2, 6, 6)
     data = ArrayDataset(x, (x.mean((1, 2, 3)) > 0).long())
-    out = train("lora", backbone, Head(torch.randn(2, 5)), data, _cfg(steps=3))["main"]
+    out = train(backbone, Head(torch.randn(2, 5)), data, _cfg("lora", steps=3))["main"]
     assert set(out.deltas) == {"c1.weight", "c2.weight", "fc.weight"}  # grouped conv and biases excluded
     assert out.factors["c1.weight"][1].shape == (3, 2 * 3 * 3)
     for n, (b, a) in out.factors.items():
@@ -104,7 +104,7 @@ def test_exported_deltas_equal_scaled_BA_including_convs():
 def test_forward_matches_peft_injected_lora(make):
     """Our functional θ0 + s·B·A equals peft's LoRA layers (Linear and Conv2d) holding the same factors."""
     backbone = make().double()
-    reg = _regime("lora", backbone, _cfg(lora_rank=3, lora_alpha=5.0))
+    reg = _regime("lora", backbone, _cfg("lora", lora_rank=3, lora_alpha=5.0))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for b in reg.adapters.B.values():
@@ -129,8 +129,8 @@ def test_training_matches_peft_with_torch_adamw():
     """LoRA regime (decoupled decay on the factors) == peft LoRA trained by torch.optim.AdamW on the same batches."""
     backbone = ToyMLP()
     data, head = _mlp_data()
-    cfg = _cfg(steps=4, lr=1e-5, lora_lr=1e-2, weight_decay=0.5)  # lora_lr is the factors' learning rate
-    tv = train("lora", backbone, head, data, cfg)["main"]
+    cfg = _cfg("lora", steps=4, lr=1e-5, lora_lr=1e-2, weight_decay=0.5)  # lora_lr is the factors' learning rate
+    tv = train(backbone, head, data, cfg)["main"]
     ref = inject_adapter_in_model(LoraConfig(r=3, lora_alpha=6.0, lora_dropout=0.0,
                                              target_modules=["fc1", "fc2", "fc3"]), copy.deepcopy(backbone))
     a0 = _regime("lora", ToyMLP(), cfg).adapters.A  # same seed -> same A0
@@ -194,7 +194,7 @@ def test_lora_linear_is_the_linearization_in_adapter_space():
     """Training forward f0 + J_θ·(s·B·A0) == jvp of φ ↦ f(θ0 + s·B·A) at (A0, 0) == finite differences, and the
     exported vector is evaluated with the same function."""
     backbone = ToyMLP().double()
-    reg = _regime("lora-linear", backbone, _cfg())
+    reg = _regime("lora-linear", backbone, _cfg("lora-linear"))
     assert sorted(reg.vectors["main"]) == sorted(f"{LORA_B}fc{i}.weight" for i in (1, 2, 3))  # A does not train
     ad = reg.adapters
     a0 = {n: a.detach().clone() for n, a in ad.A.items()}
@@ -230,12 +230,12 @@ def test_lora_linear_is_the_linearization_in_adapter_space():
 
 def test_lora_linear_trains_and_weight_space_variant_moves_A():
     data, head = _mlp_data(128)
-    out = train("lora-linear", ToyMLP(), head, data, _cfg(steps=30, lr=3e-2))["main"]
-    first = train("lora-linear", ToyMLP(), head, data, _cfg(steps=1, lr=3e-2))["main"]
+    out = train(ToyMLP(), head, data, _cfg("lora-linear", steps=30, lr=3e-2))["main"]
+    first = train(ToyMLP(), head, data, _cfg("lora-linear", steps=1, lr=3e-2))["main"]
     assert out.kind == "linear" and out.meta["final_logs"]["loss"] < first.meta["final_logs"]["loss"]
-    a0 = _regime("lora-linear", ToyMLP(), _cfg()).adapters.A
+    a0 = _regime("lora-linear", ToyMLP(), _cfg("lora-linear")).adapters.A
     assert all(torch.equal(out.factors[n][1], a0[n].detach()) for n in a0)  # A stays at A0
-    w = train("lora-linear", ToyMLP(), head, data, _cfg(steps=5, lora_linear_space="weight"))["main"]
+    w = train(ToyMLP(), head, data, _cfg("lora-linear", steps=5, lora_linear_space="weight"))["main"]
     assert any(not torch.equal(w.factors[n][1], a0[n].detach()) for n in a0)
 
 
@@ -244,7 +244,7 @@ def test_delta_lora_student_carries_factors_and_teacher_is_full():
     backbone = ToyMLP()
     data, head = _mlp_data()
     curv = _curv(backbone, torch.randn(32, 8))
-    out = train("delta-lora", backbone, head, data, _cfg(steps=4), curv)
+    out = train(backbone, head, data, _cfg("delta-lora", steps=4), curv)
     s, t = out["student"], out["teacher"]
     assert s.kind == "nonlinear" and t.kind == "linear" and t.factors is None
     assert set(s.factors) == set(s.deltas) == {"fc1.weight", "fc2.weight", "fc3.weight"}
@@ -252,16 +252,16 @@ def test_delta_lora_student_carries_factors_and_teacher_is_full():
     assert s.norm() > 0 and t.norm() > 0
     assert "drift_S" in s.meta["final_logs"] and s.meta["final_logs"]["kd"] >= 0
     with pytest.raises(DeltaMergeError, match="needs a curvature"):
-        train("delta-lora", backbone, head, data, _cfg())
+        train(backbone, head, data, _cfg("delta-lora"))
     # lr drives the full fine-tuning teacher, lora_lr the student's factors
-    out = train("delta-lora", backbone, head, data, _cfg(steps=3, lr=1e-9, lora_lr=1e-2), curv)
+    out = train(backbone, head, data, _cfg("delta-lora", steps=3, lr=1e-9, lora_lr=1e-2), curv)
     assert out["teacher"].norm() < 1e-6 < 1e-3 < out["student"].norm()
 
 
 def test_delta_lora_student_penalty_is_the_dense_penalty_of_its_update():
     backbone = ToyMLP()
     curv = _curv(backbone, torch.randn(32, 8))
-    reg = _regime("delta-lora", backbone, _cfg(penalty_every=2), curv)
+    reg = _regime("delta-lora", backbone, _cfg("delta-lora", penalty_every=2), curv)
     with torch.no_grad():
         for b in reg.adapters.B.values():
             b.normal_()
@@ -274,7 +274,7 @@ def test_delta_lora_student_penalty_is_the_dense_penalty_of_its_update():
 # ---- persistence, resume, pipeline ---------------------------------------------------------------------------------
 def test_saved_vectors_keep_factors(tmp_path):
     data, head = _mlp_data()
-    tv = train("lora", ToyMLP(), head, data, _cfg(steps=2))["main"]
+    tv = train(ToyMLP(), head, data, _cfg("lora", steps=2))["main"]
     path = tv.save(tmp_path / "v.safetensors")
     back = TaskVector.load(path, tv.base_fingerprint, ToyMLP())
     assert set(back.factors) == set(tv.factors)
@@ -286,10 +286,10 @@ def test_saved_vectors_keep_factors(tmp_path):
 @pytest.mark.parametrize("regime", ["lora", "lora-linear", "delta-lora"])
 def test_resume_from_checkpoint_gives_same_result(tmp_path, regime):
     data, head = _mlp_data()
-    cfg = _cfg(steps=6, checkpoint_every=3, weight_decay=0.1, lr=1e-3, lora_lr=1e-2, schedule="cosine")
+    cfg = _cfg(regime, steps=6, checkpoint_every=3, weight_decay=0.1, lr=1e-3, lora_lr=1e-2, schedule="cosine")
     curv = _curv(ToyMLP(), torch.randn(32, 8)) if regime == "delta-lora" else None
     role = "student" if regime == "delta-lora" else "main"
-    full = train(regime, ToyMLP(), head, data, cfg, curv)
+    full = train(ToyMLP(), head, data, cfg, curv)
 
     class Stop(Exception):
         pass
@@ -305,10 +305,10 @@ def test_resume_from_checkpoint_gives_same_result(tmp_path, regime):
     loop.save_artifact = save_then_stop
     try:
         with pytest.raises(Stop):
-            train(regime, ToyMLP(), head, data, cfg, curv, checkpoint=ckpt)
+            train(ToyMLP(), head, data, cfg, curv, checkpoint=ckpt)
     finally:
         loop.save_artifact = orig
-    resumed = train(regime, ToyMLP(), head, data, cfg, curv, checkpoint=ckpt, resume=True)
+    resumed = train(ToyMLP(), head, data, cfg, curv, checkpoint=ckpt, resume=True)
     for r in full:
         assert torch.allclose(full[r].flat(), resumed[r].flat(), atol=1e-6)
     for n in full[role].factors:
@@ -342,5 +342,6 @@ def test_pipeline_rerun_reuses_lora_vectors(lora_run):
     out, _ = lora_run
     vec = out / "vectors" / "lora" / "task1.safetensors"
     before = vec.stat().st_mtime_ns
-    run(RunConfig(suite="synthetic", out=out, regimes=["lora"]))
+    # another configuration (a subset of the regimes) takes the directory over only with force (issue 13)
+    run(RunConfig(suite="synthetic", out=out, regimes=["lora"]), force=True)
     assert vec.stat().st_mtime_ns == before

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from deltamerge import merge, wrap
 from deltamerge.backbones.base import Head
-from deltamerge.config import TrainConfig
+from deltamerge.config import train_config
 from deltamerge.export import export_task_checkpoints
 from deltamerge.merging import get_method
 from deltamerge.merging.ties import ties_merge
@@ -62,8 +62,8 @@ def _vectors(model):
         data = [({"input_ids": ids[i:i + 8], "attention_mask": torch.ones(8, 8, dtype=torch.long)},
                  (ids[i:i + 8, -1] % 3)) for i in range(0, 24, 8)]
         head = Head(torch.randn(3, 32, generator=g))
-        cfg = TrainConfig(steps=4, batch_size=8, lr=5e-2, weight_decay=0.0, progress=False, seed=t)
-        vecs[f"task{t}"] = train("nonlinear", model, head, data, cfg)["main"]
+        cfg = train_config("nonlinear", steps=4, batch_size=8, lr=5e-2, weight_decay=0.0, progress=False, seed=t)
+        vecs[f"task{t}"] = train(model, head, data, cfg)["main"]
     return vecs
 
 

@@ -83,7 +83,7 @@ def test_tsv_one_task_full_rank_returns_the_task_and_averages_non_matrices():
         assert torch.allclose(out.deltas[n], tv.deltas[n], atol=1e-5), n
     other = _tv({n: torch.randn_like(t) for n, t in tv.deltas.items()})
     assert torch.allclose(_merge("tsv", [tv, other]).deltas["bias"], (tv.deltas["bias"] + other.deltas["bias"]) / 2)
-    with pytest.raises(DeltaMergeError, match="rank fraction"):
+    with pytest.raises(DeltaMergeError, match="rank_fraction"):
         METHODS["tsv"](rank_fraction=1.5)
 
 

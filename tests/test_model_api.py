@@ -14,7 +14,7 @@ import deltamerge
 from deltamerge import wrap
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.toy import ToyMLP
-from deltamerge.config import CurvatureConfig, TrainConfig
+from deltamerge.config import CurvatureConfig, train_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
@@ -69,9 +69,9 @@ def _tokens(n=24, length=6):
     return {"input_ids": ids, "attention_mask": mask}, torch.arange(n) % 3
 
 
-def _cfg(**kw):
-    return TrainConfig(**{**dict(steps=2, batch_size=8, lr=1e-2, progress=False, beta_teacher=1.0,
-                                 beta_student=1.0), **kw})
+def _cfg(regime="delta", **kw):
+    extra = dict(beta_teacher=1.0, beta_student=1.0) if regime == "delta" else {}
+    return train_config(regime, **{**dict(steps=2, batch_size=8, lr=1e-2, progress=False), **extra, **kw})
 
 
 # ---- the failures ------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_raw_vit_is_refused_with_a_hint_to_wrap():
     vit = _vit()
     x, y = _images()
     with pytest.raises(DeltaMergeError, match=r"deltamerge\.wrap"):
-        train("nonlinear", vit, Head(torch.randn(3, 32)), ArrayDataset(x, y), _cfg())
+        train(vit, Head(torch.randn(3, 32)), ArrayDataset(x, y), _cfg("nonlinear"))
     with pytest.raises(DeltaMergeError, match=r"deltamerge\.wrap"):
         estimate_curvature(vit, x[:8], CURV)
 
@@ -153,13 +153,13 @@ def test_uncovered_trained_parameters_warn_once_or_raise():
     curv = estimate_curvature(model, x[:8], CURV)
     head = Head(torch.randn(3, 32))
     with pytest.warns(UserWarning, match=r"no curvature block.*embeddings\.cls_token"):
-        train("delta", model, head, ArrayDataset(x, y), _cfg(steps=1), curv)
+        train(model, head, ArrayDataset(x, y), _cfg("delta", steps=1), curv)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # listed once: the second run is quiet
-        train("delta", model, head, ArrayDataset(x, y), _cfg(steps=1), curv)
+        train(model, head, ArrayDataset(x, y), _cfg("delta", steps=1), curv)
     strict = wrap(_vit(), features="cls", trainable=["*"], uncovered="error")
     with pytest.raises(DeltaMergeError, match="no drift penalty"):
-        train("delta", strict, head, ArrayDataset(x, y), _cfg(steps=1), curv)
+        train(strict, head, ArrayDataset(x, y), _cfg("delta", steps=1), curv)
 
 
 # ---- a wrapped model and a built-in Backbone are the same thing to the library --------------------------------
@@ -189,8 +189,8 @@ def test_wrapped_model_and_backbone_train_and_estimate_identically():
     x = torch.randn(48, 8)
     y = (x[:, 0] > 0).long()
     head = Head(torch.randn(2, 6))
-    v_toy = train("delta", toy, head, ArrayDataset(x, y), _cfg(steps=3), c_toy)["student"]
-    v_wrap = train("delta", model, head, ArrayDataset(x, y), _cfg(steps=3), c_wrap)["student"]
+    v_toy = train(toy, head, ArrayDataset(x, y), _cfg("delta", steps=3), c_toy)["student"]
+    v_wrap = train(model, head, ArrayDataset(x, y), _cfg("delta", steps=3), c_wrap)["student"]
     assert set(v_wrap.deltas) == {"model." + n for n in v_toy.deltas}
     for n, t in v_toy.deltas.items():
         torch.testing.assert_close(v_wrap.deltas["model." + n], t)

@@ -34,8 +34,10 @@ def test_results_are_well_formed(synthetic_run):
         floor = neg["threshold"] * res["regimes"][regime]["negation"]["control_pretrained"]
         assert set(neg["per_task"]) == {"task0", "task1"}
     for f in ["results.json", "REPORT.md", "figures/alpha_sweep.png", "curvature.safetensors",
-              "vectors/delta/task0.safetensors", "vectors/delta/task0.teacher.safetensors"]:
+              "vectors/delta/task0.safetensors", "vectors/delta/task0.teacher.safetensors",
+              "vectors/delta/task0.log.jsonl", "vectors/nonlinear/task1.log.jsonl", "figures/training_curves.png"]:
         assert (out / f).is_file(), f
+    assert "![training curves](figures/training_curves.png)" in (out / "REPORT.md").read_text()
     assert json.loads((out / "results.json").read_text())["suite"] == "synthetic"
     assert "| delta | 1.0 |" in (out / "REPORT.md").read_text()
 

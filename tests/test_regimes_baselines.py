@@ -10,7 +10,7 @@ from torch.func import functional_call, jacrev
 
 from deltamerge.backbones.base import Head
 from deltamerge.backbones.toy import ToyMLP, ToyTransformer
-from deltamerge.config import CurvatureConfig, RunConfig, TrainConfig
+from deltamerge.config import CurvatureConfig, RunConfig, recipe_config, train_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.data import ArrayDataset, Task
 from deltamerge.errors import DeltaMergeError
@@ -22,10 +22,10 @@ from deltamerge.training.talos import calibrate_mask, keep_count, lowest_entries
 from deltamerge.training.taujp import taujp_penalty
 
 
-def _cfg(**kw):
+def _cfg(regime: str, **kw):
     base = dict(steps=4, batch_size=16, lr=1e-2, weight_decay=0.1, progress=False, beta_teacher=1.0)
     base.update(kw)
-    return TrainConfig(**base)
+    return recipe_config(regime, **base)
 
 
 def _mlp_data(n=64, seed=0):
@@ -44,9 +44,11 @@ def _tokens(n=32, seed=0):
 def test_attn_only_changes_exactly_the_attention_projections():
     backbone = ToyTransformer()
     head = Head(torch.randn(2, 8))
-    tv = train("attn-only", backbone, head, _tokens(), _cfg(trainable="all"))["main"]
+    with pytest.raises(DeltaMergeError, match="does not apply to regime .attn-only."):
+        train_config("attn-only", trainable="all")  # the regime fixes its trainable set
+    tv = train(backbone, head, _tokens(), _cfg("attn-only"))["main"]
     attention = {n for n, _ in backbone.named_parameters() if n.split(".")[0] in {"q", "k", "v", "o"}}
-    assert set(tv.deltas) == attention  # TrainConfig.trainable is overridden by the regime
+    assert set(tv.deltas) == attention  # the regime fixes its trainable set
     assert all(tv.deltas[n].abs().max() > 0 for n in attention)
     assert tv.meta["trainable_policy"] == "attention" and tv.kind == "nonlinear"
 
@@ -57,7 +59,7 @@ def test_attn_only_refuses_a_backbone_without_attention():
     assert reason is not None and "does not apply" in reason
     assert get_regime("attn-only").unsupported_reason(ToyTransformer()) is None
     with pytest.raises(DeltaMergeError, match="no attention projections"):
-        train("attn-only", backbone, Head(torch.randn(2, 6)), _mlp_data(), _cfg())
+        train(backbone, Head(torch.randn(2, 6)), _mlp_data(), _cfg("attn-only"))
 
 
 # ---- TaLoS -------------------------------------------------------------------------------------------------------
@@ -122,8 +124,8 @@ def test_mask_keeps_the_lowest_scores_and_rounds_stay_nested(monkeypatch):
 def test_talos_trains_exactly_the_kept_fraction_and_frozen_entries_stay_zero():
     backbone = ToyMLP()
     head = Head(torch.randn(2, 6))
-    cfg = _cfg(steps=6, talos_sparsity=0.75, talos_rounds=2, weight_decay=0.5)  # decay would move frozen entries
-    tv = train("talos", backbone, head, _mlp_data(), cfg)["main"]
+    cfg = _cfg("talos", steps=6, talos_sparsity=0.75, talos_rounds=2, weight_decay=0.5)  # decay would move frozen entries
+    tv = train(backbone, head, _mlp_data(), cfg)["main"]
     total = sum(p.numel() for p in backbone.parameters())
     stats = tv.meta["talos"]
     assert stats["total"] == total and stats["kept"] == keep_count(total, 0.25)
@@ -131,7 +133,7 @@ def test_talos_trains_exactly_the_kept_fraction_and_frozen_entries_stay_zero():
     assert nonzero <= stats["kept"] and nonzero >= 0.9 * stats["kept"]  # kept entries move, the others stay 0
     assert stats["sparsity"] == pytest.approx(0.75, abs=1 / total)
     # the mask is the one calibration picks: the same run again gives the same support
-    tv2 = train("talos", backbone, head, _mlp_data(), cfg)["main"]
+    tv2 = train(backbone, head, _mlp_data(), cfg)["main"]
     for n in tv.deltas:
         assert torch.equal(tv.deltas[n] != 0, tv2.deltas[n] != 0)
 
@@ -158,9 +160,9 @@ def test_taujp_penalty_is_zero_at_zero_and_equals_explicit_jacobian_drift():
 def test_taujp_needs_other_tasks_and_trains_a_linear_vector():
     backbone, head = ToyMLP(), Head(torch.randn(2, 6))
     with pytest.raises(DeltaMergeError, match="other tasks' training inputs"):
-        train("taujp", backbone, head, _mlp_data(), _cfg())
+        train(backbone, head, _mlp_data(), _cfg("taujp"))
     ctx = TrainContext(other_inputs={"b": _mlp_data(40, seed=1).inputs, "c": _mlp_data(24, seed=2).inputs})
-    tv = train("taujp", backbone, head, _mlp_data(), _cfg(taujp_batch_size=8), context=ctx)["main"]
+    tv = train(backbone, head, _mlp_data(), _cfg("taujp", taujp_batch_size=8), context=ctx)["main"]
     assert tv.kind == "linear" and tv.norm() > 0
     assert tv.meta["others"]["inputs"] == {"b": 40, "c": 24}
     assert tv.meta["final_logs"]["taujp"] > 0
@@ -193,12 +195,12 @@ def test_tak_penalty_is_the_sum_of_the_other_tasks_kfac_quadratic_forms():
 def test_tak_needs_kfac_of_other_tasks():
     backbone, head = ToyMLP(), Head(torch.randn(2, 6))
     with pytest.raises(DeltaMergeError, match="KFAC curvature files"):
-        train("tak", backbone, head, _mlp_data(), _cfg())
+        train(backbone, head, _mlp_data(), _cfg("tak"))
     ek = estimate_curvature(backbone, torch.randn(16, 8), CurvatureConfig(probes="exact", progress=False))
     with pytest.raises(DeltaMergeError, match="not kind 'kfac'"):
-        train("tak", backbone, head, _mlp_data(), _cfg(), context=TrainContext(other_curvatures={"b": ek}))
+        train(backbone, head, _mlp_data(), _cfg("tak"), context=TrainContext(other_curvatures={"b": ek}))
     ctx = TrainContext(other_curvatures={"b": _kfac(backbone, torch.randn(16, 8))})
-    tv = train("tak", backbone, head, _mlp_data(), _cfg(), context=ctx)["main"]
+    tv = train(backbone, head, _mlp_data(), _cfg("tak"), context=ctx)["main"]
     assert tv.kind == "linear" and tv.norm() > 0 and tv.meta["final_logs"]["tak"] > 0
 
 
@@ -244,7 +246,7 @@ def test_rerun_reuses_vectors_only_with_the_same_other_tasks(baseline_run):
     kfac_before = kfac.stat().st_mtime_ns
 
     def again(regime, ctx):
-        pipeline.load_or_train(regime, tasks["task0"], backbone, heads["task0"], pipeline.train_config(suite, cfg, regime),
+        pipeline.load_or_train(tasks["task0"], backbone, heads["task0"], pipeline.train_config(suite, cfg, regime),
                                None, out / "vectors", suite.name, ctx)
         return (out / "vectors" / regime / "task0.safetensors").stat().st_mtime_ns
 

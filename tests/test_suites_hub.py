@@ -28,7 +28,7 @@ PENDING_REGIMES = {"talos", "taujp", "tak", "lora", "delta-lora", "attn-only"}
 @pytest.fixture
 def no_hub(monkeypatch):
     """A hub host that never resolves (RFC 2606 .invalid), so the check fails on any machine."""
-    from deltamerge.suites import hub_access
+    from deltamerge import hub_access
 
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.deltamerge.invalid")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -61,7 +61,7 @@ def test_offline_cli_exit_code_2(no_hub, tmp_path):
 
 
 def test_download_errors_become_the_offline_message():
-    from deltamerge.suites.hub_access import hub_errors
+    from deltamerge.hub_access import hub_errors
 
     with pytest.raises(DeltaMergeError, match="text-mini"):
         with hub_errors("weights x"):

@@ -6,7 +6,7 @@ import torch
 from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Head
 from deltamerge.backbones.toy import ToyMLP
-from deltamerge.config import CurvatureConfig, TrainConfig
+from deltamerge.config import CurvatureConfig, recipe_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
@@ -24,11 +24,11 @@ def _setup(n=64):
     return backbone, head, ArrayDataset(x, y), curv
 
 
-def _cfg(**kw):
+def _cfg(regime: str = "delta", **kw):
     base = dict(steps=3, batch_size=16, lr=1e-2, weight_decay=0.1, progress=False, beta_teacher=1.0,
                 beta_student=1.0)
     base.update(kw)
-    return TrainConfig(**base)
+    return recipe_config(regime, **base)
 
 
 def test_delta_step_moves_teacher_and_student_and_keeps_base():
@@ -37,7 +37,7 @@ def test_delta_step_moves_teacher_and_student_and_keeps_base():
     fp = fingerprint(backbone)
     # At τ = 0 teacher and student have identical gradients (f_lin = f, J shared, KD = drift = 0), so the first
     # step moves them identically; from the second step on they differ.
-    out = train("delta", backbone, head, data, _cfg(steps=3), curv)
+    out = train(backbone, head, data, _cfg("delta", steps=3), curv)
     assert set(out) == {"student", "teacher"}
     assert out["student"].kind == "nonlinear" and out["teacher"].kind == "linear"
     assert out["student"].norm() > 0 and out["teacher"].norm() > 0
@@ -50,10 +50,10 @@ def test_delta_step_moves_teacher_and_student_and_keeps_base():
 @pytest.mark.parametrize("regime", ["nonlinear", "linear", "delta"])
 def test_regimes_reduce_training_loss(regime):
     backbone, head, data, curv = _setup(256)
-    cfg = _cfg(steps=40, lr=3e-2, weight_decay=0.0, beta_teacher=0.0, beta_student=0.0, schedule="constant")
-    out = train(regime, backbone, head, data, cfg, curv)
+    cfg = _cfg(regime, steps=40, lr=3e-2, weight_decay=0.0, beta_teacher=0.0, beta_student=0.0, schedule="constant")
+    out = train(backbone, head, data, cfg, curv)
     logs = out["student" if regime == "delta" else "main"].meta["final_logs"]
-    first = train(regime, backbone, head, data, cfg.model_copy(update={"steps": 1}), curv)
+    first = train(backbone, head, data, cfg.model_copy(update={"steps": 1}), curv)
     first_logs = first["student" if regime == "delta" else "main"].meta["final_logs"]
     key = "ce_S" if regime == "delta" else "loss"
     assert logs[key] < first_logs[key]
@@ -62,8 +62,8 @@ def test_regimes_reduce_training_loss(regime):
 def test_weight_decay_toward_zero_matches_torch_adamw():
     """Training τ with our decoupled decay on θ0+τ equals torch.optim.AdamW on θ directly (non-linear regime)."""
     backbone, head, data, _ = _setup()
-    cfg = _cfg(steps=4, lr=1e-2, weight_decay=0.5, schedule="constant")
-    tv = train("nonlinear", backbone, head, data, cfg)["main"]
+    cfg = _cfg("nonlinear", steps=4, lr=1e-2, weight_decay=0.5, schedule="constant")
+    tv = train(backbone, head, data, cfg)["main"]
     # reference: plain AdamW on a copy of the weights, same batches
     import copy
     from deltamerge.training.loop import index_stream
@@ -85,7 +85,7 @@ def test_weight_decay_toward_zero_matches_torch_adamw():
 def test_resume_from_checkpoint_gives_same_result(tmp_path):
     backbone, head, data, curv = _setup()
     cfg = _cfg(steps=6, checkpoint_every=3)
-    full = train("delta", backbone, head, data, cfg, curv)["student"]
+    full = train(backbone, head, data, cfg, curv)["student"]
 
     class Stop(Exception):
         pass
@@ -101,11 +101,11 @@ def test_resume_from_checkpoint_gives_same_result(tmp_path):
     loop.save_artifact = save_then_stop
     try:
         with pytest.raises(Stop):
-            train("delta", backbone, head, data, cfg, curv, checkpoint=ckpt)
+            train(backbone, head, data, cfg, curv, checkpoint=ckpt)
     finally:
         loop.save_artifact = orig
     assert ckpt.exists()
-    resumed = train("delta", backbone, head, data, cfg, curv, checkpoint=ckpt, resume=True)["student"]
+    resumed = train(backbone, head, data, cfg, curv, checkpoint=ckpt, resume=True)["student"]
     assert torch.allclose(full.flat(), resumed.flat(), atol=1e-6)
     assert not ckpt.exists()
 
@@ -114,15 +114,15 @@ def test_nan_loss_is_a_clear_error():
     backbone, head, data, curv = _setup()
     bad = ArrayDataset(torch.full((16, 8), float("nan")), torch.zeros(16, dtype=torch.long))
     with pytest.raises(DeltaMergeError, match="diverged"):
-        train("nonlinear", backbone, head, bad, _cfg(steps=2))
+        train(backbone, head, bad, _cfg("nonlinear", steps=2))
 
 
 def test_unknown_regime_and_missing_curvature():
     backbone, head, data, _ = _setup()
     with pytest.raises(DeltaMergeError, match="unknown regime"):
-        train("bogus", backbone, head, data, _cfg())
+        train(backbone, head, data, _cfg("bogus"))
     with pytest.raises(DeltaMergeError, match="needs a curvature"):
-        train("delta", backbone, head, data, _cfg())
+        train(backbone, head, data, _cfg("delta"))
 
 
 def test_alpha_sampling_and_schedule():
@@ -143,5 +143,5 @@ def test_alpha_sampling_and_schedule():
 def test_bf16_autocast_and_released_code_variants_run():
     backbone, head, data, curv = _setup()
     for extra in ({"bf16": True}, {"student_ce_at": "alpha", "alpha_sampling": "curriculum", "penalty_every": 2}):
-        out = train("delta", backbone, head, data, _cfg(steps=3, **extra), curv)
+        out = train(backbone, head, data, _cfg("delta", steps=3, **extra), curv)
         assert torch.isfinite(out["student"].flat()).all() and out["student"].norm() > 0

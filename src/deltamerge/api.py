@@ -6,10 +6,9 @@ They only translate keyword options into the typed configs and call the library'
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from deltamerge.config import CurvatureConfig, TrainConfig
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, train_config
 from deltamerge.curvature import Curvature
 from deltamerge.curvature import estimate_curvature as _estimate
 from deltamerge.data import ArrayDataset, Inputs
@@ -38,25 +37,15 @@ def estimate_curvature(model: Any, reference: Any, cfg: CurvatureConfig | None =
     return _estimate(model, as_inputs(reference, columns), cfg)
 
 
-def _train_config(regime: str, options: dict[str, Any]) -> TrainConfig:
-    """The typed training configuration of ``regime`` from keyword options (one place to adapt to the config
-    classes)."""
-    return TrainConfig.model_validate({**options, "regime": regime})
-
-
 def finetune(model: Any, head: Any, data: Any, regime: str = "delta", curvature: Curvature | None = None,
              columns: Columns | None = None, **options: Any) -> TaskVector:
     """Fine-tune ``model`` (a ``wrap``-ed model or a Backbone) on one task and return the regime's task vector
-    (DELTA: the student; linear: the tangent-space vector). ``options``: training fields (``steps``, ``lr``,
-    ``batch_size``, ...)."""
+    (DELTA: the student; linear: the tangent-space vector). ``options``: the regime's configuration fields
+    (``steps``, ``lr``, ``batch_size``, ``beta_student``, ...; see ``config.train_config``)."""
     from deltamerge.training import get_regime, train
 
-    cfg = _train_config(regime, options)
-    data = as_dataset(data, columns, what="training data")
-    params = list(inspect.signature(train).parameters)
-    # train() takes the regime name first today; once the regime comes from cfg.regime only, this branch goes.
-    args = (regime, model, head, data, cfg) if params[0] == "regime_name" else (model, head, data, cfg)
-    vectors = train(*args, curvature=curvature)
+    cfg: BaseTrainConfig = train_config(regime, **options)
+    vectors = train(model, head, as_dataset(data, columns, what="training data"), cfg, curvature=curvature)
     return vectors[get_regime(regime).output_role]
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -19,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from deltamerge.errors import DeltaMergeError
+from deltamerge.safeio import atomic_write, atomic_write_text, io_error
 
 FORMAT_VERSION = "1"
 
@@ -40,23 +39,23 @@ def fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def save_artifact(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any], overwrite: bool = True) -> Path:
-    """Write ``tensors`` and JSON ``meta`` atomically (temp file + rename): a crash never leaves a partial file."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+def artifact_writer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Callable[[Path], None]:
+    """A function that writes ``tensors`` and JSON ``meta`` as one deltamerge safetensors file to a given path
+    (used by ``save_artifact`` and by ``safeio.commit_together`` for the files of one result)."""
     meta = {"format": "deltamerge", "format_version": FORMAT_VERSION, **meta}
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata={"deltamerge": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    text = json.dumps(meta, sort_keys=True)
+
+    def write(target: Path) -> None:
+        save_file(flat, str(target), metadata={"deltamerge": text})
+
+    return write
+
+
+def save_artifact(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any], overwrite: bool = True) -> Path:
+    """Write ``tensors`` and JSON ``meta`` atomically (temp file + rename): a crash never leaves a partial file, and
+    a stale temp file of an interrupted earlier write is removed. Write errors name the file and what to do."""
+    return atomic_write(path, artifact_writer(tensors, meta), overwrite=overwrite)
 
 
 def load_artifact(path: str | Path, kind: str | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -70,17 +69,38 @@ def load_artifact(path: str | Path, kind: str | None = None) -> tuple[dict[str, 
 
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("deltamerge")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DeltaMergeError(f"{path} is not a readable safetensors file ({exc})") from None
+    except PermissionError as exc:
+        raise io_error(exc, path, "read") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DeltaMergeError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:200]})") \
+            from None
     if raw is None:
         raise DeltaMergeError(f"{path} is a safetensors file but not a deltamerge artifact (no metadata)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise DeltaMergeError(f"{path} has corrupt deltamerge metadata") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise DeltaMergeError(f"{path} has corrupt deltamerge metadata (not readable JSON)") from None
+    if not isinstance(meta, dict):
+        raise DeltaMergeError(f"{path} has corrupt deltamerge metadata (a JSON {json_type(meta)}, expected an "
+                              "object)")
     if kind is not None and meta.get("kind") != kind:
         raise DeltaMergeError(f"{path} holds a '{meta.get('kind')}' artifact, expected '{kind}'")
     return tensors, meta
+
+
+def require_meta(meta: dict[str, Any], path: str | Path, **types: type | tuple[type, ...]) -> None:
+    """Refuse metadata lacking a key or holding a value of the wrong JSON type (a crafted or corrupt file)."""
+    for key, typ in types.items():
+        if key not in meta:
+            raise DeltaMergeError(f"{path}: corrupt deltamerge metadata (no '{key}')")
+        if not isinstance(meta[key], typ):
+            raise DeltaMergeError(f"{path}: corrupt deltamerge metadata ('{key}' is a JSON {json_type(meta[key])})")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (for messages about crafted files)."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def check_base(meta: dict[str, Any], base_fingerprint: str, path: str | Path) -> None:
@@ -94,9 +114,4 @@ def check_base(meta: dict[str, Any], base_fingerprint: str, path: str | Path) ->
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False))

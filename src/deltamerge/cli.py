@@ -1,4 +1,6 @@
-"""The ``deltamerge`` command line (typer). Every user-facing failure is one message on stderr and exit code 2."""
+"""The ``deltamerge`` command line (typer). Every user-facing failure is one ``error:`` line on stderr and exit code 2
+(``cli_errors.py``; ``--debug`` or DELTAMERGE_DEBUG=1 adds the traceback); outputs are checked and locked before any
+work starts and never replaced without --force (``safeio.py``, docs/errors.md)."""
 
 from __future__ import annotations
 
@@ -9,71 +11,125 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from pydantic import ValidationError
 
+from deltamerge.cli_errors import ErrorGroup, choice, finite, hold, named_flags, set_debug
+from deltamerge.config.merge import MERGE_PARAMS
+from deltamerge.config.regimes import REGIME_CONFIGS
 from deltamerge.errors import DeltaMergeError
+from deltamerge.safeio import check_outputs, output_lock
+from deltamerge.suites.registry import SUITES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Valid names for the help texts, from the (torch-free) registries; `deltamerge regimes|methods|suites` describe them.
+REGIME_NAMES = ", ".join(REGIME_CONFIGS)
+METHOD_NAMES = ", ".join(MERGE_PARAMS)
+SUITE_NAMES = ", ".join(n for n in SUITES if n != "yaml")  # "yaml" is reached by giving a .yaml file
+
+PRESETS = ("quick", "full")
+
+app = typer.Typer(cls=ErrorGroup, add_completion=False, no_args_is_help=True,
                   help="DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them.")
 assets_app = typer.Typer(no_args_is_help=True, help="Install the offline suites' weights and data.")
 app.add_typer(assets_app, name="assets")
 
 
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the traceback behind an error "
+                                        "(also: DELTAMERGE_DEBUG=1)")) -> None:
+    """DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them."""
+    set_debug(debug)
+
+
 def friendly(fn: Callable) -> Callable:
-    """Turn DeltaMergeError (and a few input errors) into one clear line and exit code 2."""
+    """Name the command's flags in validation errors; everything else that escapes is reported by ErrorGroup as one
+    ``error:`` line with exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DeltaMergeError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
-        except KeyboardInterrupt:
-            typer.secho("interrupted: finished artifacts are kept; re-run to resume", err=True)
-            raise typer.Exit(130)
+        except ValidationError as exc:
+            raise named_flags(exc) from exc
 
     return wrapper
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass --force to replace it)")
+    check_outputs([path], force)
+
+
+def _write_lock(out: Path, force: bool, also: tuple[Path, ...] = ()) -> None:
+    """Check ``out`` (and companion files) may be written, then lock ``out`` for the rest of the command (a second
+    process writing it gets a clear error) and check again under the lock."""
+    check_outputs([out, *also], force)
+    hold(output_lock(out.with_name(f"{out.name}.lock"), str(out)))
+    check_outputs([out, *also], force)
+
+
+def _preset(preset: Optional[str]) -> None:
+    choice("--preset", preset, PRESETS)
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
     return [t.strip() for t in text.split(",") if t.strip()] if text is not None else None
 
 
+def _suite_spec(suite: str) -> tuple[str, dict]:
+    """A suite name, or a YAML suite file → ("yaml", {"file": absolute path})."""
+    if suite.endswith((".yaml", ".yml")):
+        path = Path(suite)
+        if not path.is_file():
+            raise DeltaMergeError(f"suite file not found: {suite}")
+        return "yaml", {"file": str(path.resolve())}
+    return suite, {}
+
+
 def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
-                config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None):
+                config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None,
+                merge_param: Optional[list[str]] = None):
     """A RunConfig from the YAML file (if any) with the flags given on the command line taking precedence."""
     from deltamerge.config import RunConfig, load_yaml
+    from deltamerge.config.merge import parse_merge_params
 
-    cfg = load_yaml(config, RunConfig) if config is not None else RunConfig(suite=suite)
+    name, options = _suite_spec(suite)
+    cfg = load_yaml(config, RunConfig) if config is not None else RunConfig(suite=name)
     flags = {"regimes": _split(regimes), "preset": preset, "out": out, "tasks": _split(tasks),
              "merge_method": merge_method, "extra_merges": _split(extra_merges)}
-    update = {"suite": suite, **{k: v for k, v in flags.items() if v is not None}}
-    return RunConfig.model_validate({**cfg.model_dump(), **update})
+    update = {"suite": name, **{k: v for k, v in flags.items() if v is not None}}
+    if options:
+        update["suite_options"] = {**(cfg.suite_options if cfg.suite == name else {}), **options}
+    data = {**cfg.model_dump(), **update}
+    if merge_param:  # --merge-param applies to the run's merge method
+        method = data["merge_method"]
+        data["merge_params"] = {**data["merge_params"],
+                                method: {**data["merge_params"].get(method, {}), **parse_merge_params(merge_param)}}
+    return RunConfig.model_validate(data)  # a ValidationError names the flags (``friendly``)
 
 
 @app.command()
 @friendly
-def run(suite: str = typer.Argument(..., help="suite name (see `deltamerge suites`)"),
-        regimes: Optional[str] = typer.Option(None, help="comma-separated regimes [default: nonlinear,linear,delta]"),
-        preset: Optional[str] = typer.Option(None, help="quick (CPU) or full (GPU) [default: quick]"),
-        out: Optional[Path] = typer.Option(None, help="run directory, reused when present [default: runs/run]"),
+def run(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES} (see `deltamerge suites`), or a YAML suite "
+                                  "file (docs/yaml_suites.md)"),
+        regimes: Optional[str] = typer.Option(None, help=f"comma-separated regimes of: {REGIME_NAMES} "
+                                              "(default: nonlinear,linear,delta)"),
+        preset: Optional[str] = typer.Option(None, help="quick (CPU) or full (GPU) (default: quick)"),
+        out: Optional[Path] = typer.Option(None, help="run directory, reused when present (default: runs/run)"),
         tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
         config: Optional[Path] = typer.Option(None, help="RunConfig YAML; flags given on the command line win"),
-        merge_method: Optional[str] = typer.Option(None, help="merge method of every regime (default "
-                                                   "task-arithmetic; see `deltamerge merge --help`)"),
-        extra_merges: Optional[str] = typer.Option(None, help="comma-separated post-hoc methods (ties, tsv, isoc, "
-                                                   "...) also evaluated on the nonlinear vectors")) -> None:
+        merge_method: Optional[str] = typer.Option(None, help=f"merge method of every regime, one of: {METHOD_NAMES} "
+                                                   "(default: task-arithmetic; see `deltamerge methods`)"),
+        extra_merges: Optional[str] = typer.Option(None, help="comma-separated post-hoc methods also evaluated on "
+                                                   "the nonlinear vectors"),
+        merge_param: Optional[list[str]] = typer.Option(None, help="NAME=VALUE parameter of the merge method, e.g. "
+                                                        "density=0.2 (repeatable; see `deltamerge methods`)"),
+        force: bool = typer.Option(False, help="reuse a run directory that holds a run with another configuration "
+                                   "(its results are replaced; vectors with the same settings are reused)")) -> None:
     """The whole pipeline: curvature, fine-tuning per task × regime, addition, negation, report."""
     from deltamerge.pipeline import run as run_pipeline
     from deltamerge.report.markdown import addition_table
 
-    cfg = _run_config(suite, regimes, preset, out, tasks, config, merge_method, extra_merges)
-    results = run_pipeline(cfg)
+    cfg = _run_config(suite, regimes, preset, out, tasks, config, merge_method, extra_merges, merge_param)
+    results = run_pipeline(cfg, force=force)
     typer.echo(addition_table(results))
     typer.echo(f"\nresults: {cfg.out / 'results.json'}\nreport:  {cfg.out / 'REPORT.md'}")
 
@@ -87,16 +143,19 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory"),
 
     fetch_suite(suite)
     run(suite=suite, regimes="nonlinear,linear,delta", preset="quick", out=out, tasks=None, config=None,
-        merge_method=None, extra_merges=None)
+        merge_method=None, extra_merges=None, merge_param=None, force=False)
 
 
 @app.command()
 @friendly
 def suites() -> None:
     """List the suites, their tasks and where their data comes from."""
-    from deltamerge.suites import SUITES, get_suite
+    from deltamerge.suites import get_suite
 
     for name in SUITES:
+        if name == "yaml":
+            typer.echo("yaml: your own suite from a YAML file: `deltamerge run my_suite.yaml` (docs/yaml_suites.md)")
+            continue
         try:
             s = get_suite(name)
         except ImportError as exc:  # pragma: no cover - optional dependency missing
@@ -118,44 +177,77 @@ def curvature(suite: str, out: Path = typer.Option(..., help="output .safetensor
     """Estimate the reference-set curvature (EK-FAC of the feature GGN) once for a suite's backbone."""
     from deltamerge.curvature import estimate_curvature
 
-    _refuse_overwrite(out, force)
+    _preset(preset)
+    _write_lock(out, force)
     s = get_suite_checked(suite)
     cfg = s.curvature_config(preset)
-    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples}.items() if v}
+    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples}.items()
+               if v is not None}  # 0 is a value (refused), not "unset"
     cfg = cfg.model_validate({**cfg.model_dump(), **updates})
     curv = estimate_curvature(s.backbone(), s.reference(preset), cfg)
-    curv.save(out)
+    curv.save(out, overwrite=force)
     typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers, {curv.meta['num_data']} reference examples")
 
 
 def get_suite_checked(name: str):
     from deltamerge.suites import get_suite
 
-    return get_suite(name)
+    return get_suite(*_suite_spec(name))
 
 
 @app.command()
 @friendly
-def finetune(suite: str, task: str, regime: str = typer.Option("delta"),
+def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a YAML suite file"),
+             task: str = typer.Argument(..., help="task of the suite"),
+             regime: Optional[str] = typer.Option(None, help=f"one of: {REGIME_NAMES} (see `deltamerge regimes`) "
+                                                  "(default: the --config file's regime, else delta)"),
              out: Path = typer.Option(..., help="output task vector .safetensors"),
              curvature_file: Optional[Path] = typer.Option(None, "--curvature", help="from `deltamerge curvature`"),
              preset: str = "quick", steps: Optional[int] = None, lr: Optional[float] = None,
-             config: Optional[Path] = typer.Option(None, help="TrainConfig YAML"),
+             config: Optional[Path] = typer.Option(None, help="training settings YAML (the regime's fields, see "
+                                                  "docs/config.md); replaces the suite's defaults"),
              resume: bool = typer.Option(False, help="continue from OUT's checkpoint"), force: bool = False,
              others: Optional[str] = typer.Option(None, help="taujp/tak: comma-separated other tasks to regularize "
                                                   "against (default: every other task of the suite)")) -> None:
-    """Fine-tune one task under one regime and write its task vector (DELTA: the student; teacher beside it)."""
+    """Fine-tune one task under one regime and write its task vector (DELTA: the student; teacher beside it), with
+    its per-step log (OUT stem + .log.jsonl)."""
+    from deltamerge import rundir
     from deltamerge.artifacts import fingerprint
-    from deltamerge.config import TrainConfig, load_yaml
+    from deltamerge.config import read_yaml, train_config, with_overrides
     from deltamerge.curvature import Curvature
+    from deltamerge.run_guard import commit_vectors
     from deltamerge.training import get_regime, train
 
-    _refuse_overwrite(out, force)
+    _preset(preset)
+    regime_name = regime or "delta"
+    regime_cls = get_regime(regime_name)
+    paths = {role: rundir.role_path(out, role, regime_cls.output_role) for role in regime_cls.vector_kinds}
+    order = [r for r in paths if r != regime_cls.output_role] + [regime_cls.output_role]  # main output last
+    ckpt = rundir.checkpoint_path(out)
+    resuming = resume and ckpt.is_file()  # finishing an interrupted run may replace its own partial outputs
+    if ckpt.exists() and not (resume or force):
+        raise DeltaMergeError(f"{ckpt} holds an interrupted training for {out}: pass --resume to continue it, or "
+                              "--force to start over")
     s = get_suite_checked(suite)
-    regime_cls = get_regime(regime)
-    cfg = load_yaml(config, TrainConfig) if config else s.train_config(regime, preset)
-    cfg = cfg.model_validate({**cfg.model_dump(), "regime": regime,
-                              **{k: v for k, v in {"steps": steps, "lr": lr}.items() if v is not None}})
+    if config:
+        data = read_yaml(config)
+        if regime is not None and data.get("regime", regime) != regime:
+            raise DeltaMergeError(f"--regime {regime} contradicts regime '{data['regime']}' in {config}")
+        regime = regime or data.pop("regime", "delta")
+        data.pop("regime", None)
+        try:
+            cfg = train_config(regime, **data)
+        except DeltaMergeError as exc:
+            raise DeltaMergeError(f"invalid config {config}: {exc}") from None
+        if regime != regime_name:  # the config file named the regime: its files are the ones to guard
+            regime_cls = get_regime(regime)
+            paths = {role: rundir.role_path(out, role, regime_cls.output_role) for role in regime_cls.vector_kinds}
+            order = [r for r in paths if r != regime_cls.output_role] + [regime_cls.output_role]
+    else:
+        regime = regime_name
+        cfg = s.train_config(regime_cls.name, preset)
+    cfg = with_overrides(cfg, {k: v for k, v in {"steps": steps, "lr": lr}.items() if v is not None})
+    _write_lock(out, force or resuming, tuple(paths[r] for r in order[:-1]))
     backbone = s.backbone()
     why = regime_cls.unsupported_reason(backbone)
     if why:
@@ -179,31 +271,64 @@ def finetune(suite: str, task: str, regime: str = typer.Option("delta"),
         context = OtherTasks(s, backbone, loaded, preset, out.parent / "task_curvature").context(
             regime_cls.needs_others, task)
     t = loaded[task]
-    vecs = train(regime, backbone, s.head(backbone, t), t.train, cfg, curv,
-                 checkpoint=out.with_suffix(".checkpoint.safetensors"), resume=resume,
-                 meta={"task": task, "suite": suite}, context=context)
-    for role, vec in vecs.items():
-        path = out if role == regime_cls.output_role else out.with_name(f"{out.stem}.{role}{out.suffix}")
-        vec.save(path)
-        typer.echo(f"wrote {path} ({role}, {vec.kind}, ‖τ‖ = {vec.norm():.4g})")
+    vecs = train(backbone, s.head(backbone, t), t.train, cfg, curv, checkpoint=ckpt, resume=resume,
+                 meta={"task": task, "suite": s.name}, context=context, log_file=rundir.log_path(out),
+                 commit=lambda v: commit_vectors({paths[r]: v[r] for r in order}, ckpt,
+                                                 "re-run the same command with --resume"))
+    for role in order:
+        vec = vecs[role]
+        typer.echo(f"wrote {paths[role]} ({role}, {vec.kind}, ‖τ‖ = {vec.norm():.4g})")
 
 
 @app.command()
 @friendly
 def merge(vectors: list[Path], out: Path = typer.Option(...),
-          method: str = typer.Option("task-arithmetic", help="task-arithmetic, ties, tsv (TSV-M), isoc (Iso-C), "
-                                     "core (Core Space + TSV-M, LoRA vectors), core-isoc; see docs/merging.md"),
+          method: str = typer.Option("task-arithmetic", help=f"one of: {METHOD_NAMES} (see `deltamerge methods` and "
+                                     "docs/merging.md)"),
+          merge_param: Optional[list[str]] = typer.Option(None, help="NAME=VALUE parameter of the method, e.g. "
+                                                          "density=0.2 (repeatable)"),
           alpha: float = 1.0, force: bool = False) -> None:
     """Merge task vectors (prepare once, apply α) into one task vector file."""
+    from deltamerge.config.merge import parse_merge_params
     from deltamerge.merging import get_method
     from deltamerge.taskvector import TaskVector
 
-    _refuse_overwrite(out, force)
+    finite("--alpha", alpha)
+    _write_lock(out, force)
+    merger = get_method(method, **parse_merge_params(merge_param or []))
     loaded = [TaskVector.load(p) for p in vectors]
-    merged = get_method(method).prepare(loaded).apply(alpha)
+    merged = merger.prepare(loaded).apply(alpha)
+    if not all(bool(t.isfinite().all()) for t in merged.deltas.values()):
+        raise DeltaMergeError(f"merging gave NaN/inf entries (method {method}, α = {alpha}); nothing was written")
     merged.meta.update({"alpha": alpha, "sources": [str(p) for p in vectors]})
-    merged.save(out)
+    merged.save(out, overwrite=force)
     typer.echo(f"wrote {out} ({method}, α = {alpha}, {len(loaded)} vectors)")
+
+
+@app.command()
+@friendly
+def regimes() -> None:
+    """List the fine-tuning regimes, one line each (settings: docs/config.md)."""
+    from deltamerge.config import config_class
+    from deltamerge.training import REGIMES
+
+    for name, cls in REGIMES.items():
+        doc = (config_class(name).__doc__ or cls.__doc__ or "").strip().splitlines()[0]
+        needs = [w for w, on in (("curvature", cls.needs_curvature), (f"other tasks' {cls.needs_others}",
+                                                                       cls.needs_others)) if on]
+        typer.echo(f"{name}: {doc}" + (f" [needs {', '.join(needs)}]" if needs else ""))
+
+
+@app.command()
+@friendly
+def methods() -> None:
+    """List the merge methods and their parameters (set with --merge-param NAME=VALUE), one line each."""
+    from deltamerge.merging import METHODS
+
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        params = cls.describe_params()
+        typer.echo(f"{name}: {doc}" + (f" [parameters: {params}]" if params else ""))
 
 
 @app.command()
@@ -218,6 +343,8 @@ def evaluate(suite: str, vector: Optional[Path] = typer.Argument(None, help="tas
 
     if split not in ("val", "test"):
         raise DeltaMergeError(f"--split must be val or test, not '{split}'")
+    finite("--alpha", alpha)
+    _preset(preset)
     s = get_suite_checked(suite)
     backbone = s.backbone()
     tv = TaskVector.load(vector, fingerprint(backbone), backbone) if vector else None
@@ -238,18 +365,25 @@ def evaluate(suite: str, vector: Optional[Path] = typer.Argument(None, help="tas
 
 @app.command()
 @friendly
-def tune(suite: str = typer.Argument(..., help="suite name"),
-         regime: str = typer.Option("delta", help="regime whose settings are searched"),
+def tune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}"),
+         regime: str = typer.Option("delta", help=f"regime whose settings are searched, one of: {REGIME_NAMES}"),
          grid: list[str] = typer.Option(..., help="NAME=V1,V2,... (repeatable; beta= sets both betas)"),
          preset: str = typer.Option("quick", help="quick (CPU) or full (GPU)"),
          out: Path = typer.Option(..., help="search directory (vectors per grid point are reused)"),
          tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
          metric: str = typer.Option("merged_alpha1", help="merged_alpha1 | merged_best | single")) -> None:
     """Grid search of training settings scored on validation data only (TUNE.md, tune.json)."""
+    from deltamerge.safeio import check_writable_dir
     from deltamerge.tuning import parse_grid
     from deltamerge.tuning import tune as run_tune
 
-    rows = run_tune(suite, regime, parse_grid(grid), out, preset,
+    _preset(preset)
+    choice("--metric", metric, ("merged_alpha1", "merged_best", "single"))
+    grid_values = parse_grid(grid)
+    check_writable_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hold(output_lock(out / ".lock", f"search directory {out}"))
+    rows = run_tune(suite, regime, grid_values, out, preset,
                     [t.strip() for t in tasks.split(",")] if tasks else None, metric)
     typer.echo((out / "TUNE.md").read_text())
     typer.echo(f"best: {rows[0]['point']}")
@@ -271,6 +405,7 @@ def report(run_dir: Path,
 
     if not (run_dir / "results.json").is_file():
         raise DeltaMergeError(f"{run_dir} has no results.json (run `deltamerge run` first)")
+    hold(output_lock(run_dir / ".lock", f"run directory {run_dir}"))  # not while a run writes it
     if diagnostics and not (run_dir / "config.yaml").is_file():
         typer.echo(f"note: {run_dir} has no config.yaml (not a run directory): diagnostics are not computed; "
                    "cached ones, if any, are drawn", err=True)
@@ -285,12 +420,14 @@ def report(run_dir: Path,
 
 @assets_app.command("fetch")
 @friendly
-def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini or text-mini (default: both)")) -> None:
+def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini or text-mini (default: both)"),
+                 force: bool = typer.Option(False, help="fetch and convert again even if installed (repairs a "
+                                            "corrupt cache)")) -> None:
     """Download and convert what a suite needs into the cache (DELTAMERGE_CACHE, default ~/.cache/deltamerge)."""
     from deltamerge.assets import SUITE_ASSETS, fetch_suite
 
     for name in ([suite] if suite else list(SUITE_ASSETS)):
-        fetch_suite(name)
+        fetch_suite(name, force=force)
         typer.echo(f"{name}: assets ready")
 
 
@@ -341,3 +478,7 @@ def export(out: Path = typer.Argument(..., help="output folder (hf, checkpoints)
 
 def main() -> None:  # pragma: no cover
     app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m deltamerge.cli`
+    main()

@@ -17,18 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pydantic import ValidationError
+
+from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, write_json
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import DIAGNOSTIC_NAMES, DiagnosticsConfig, RunConfig, load_yaml, resolve_device
 from deltamerge.data import ArrayDataset, Task
-from deltamerge.errors import DeltaMergeError
+from deltamerge.errors import DeltaMergeError, validation_message
 from deltamerge.evaluation import diagnostics as metrics
 from deltamerge.evaluation.accuracy import cap
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
 
-FILENAME = "diagnostics.json"
-FORMAT_VERSION = 1
+FILENAME = rundir.DIAGNOSTICS
+FORMAT_VERSION = rundir.DIAGNOSTICS_FORMAT
 
 
 def default_config(preset: str) -> DiagnosticsConfig:
@@ -50,16 +53,15 @@ class Loaded:
 
 def _vector_paths(run_dir: Path, regimes: list[str], tasks: list[str]) -> dict[str, dict[str, dict[str, Path]]]:
     """{regime: {role: {task: path}}} as the pipeline names them; one clear error for a missing file."""
-    from deltamerge.training import get_regime
-
-    out, missing = {}, []
+    out: dict[str, dict[str, dict[str, Path]]] = {}
+    missing = []
     for regime in regimes:
-        cls = get_regime(regime)
         out[regime] = {}
-        for role in cls.vector_kinds:
-            suffix = ".safetensors" if role == cls.output_role else f".{role}.safetensors"
-            out[regime][role] = {t: run_dir / "vectors" / regime / f"{t}{suffix}" for t in tasks}
-            missing += [str(p) for p in out[regime][role].values() if not p.is_file()]
+        for t in tasks:
+            for role, p in rundir.vector_paths(run_dir / rundir.VECTORS, regime, t).items():
+                out[regime].setdefault(role, {})[t] = p
+                if not p.is_file():
+                    missing.append(str(p))
     if missing:
         raise DeltaMergeError(f"{run_dir} lacks task vectors needed by the diagnostics: {', '.join(missing[:4])}"
                               f"{' …' if len(missing) > 4 else ''} (finish `deltamerge run` first)")
@@ -186,9 +188,10 @@ def alpha_sweep(ctx: DiagContext) -> dict:
     alphas = sorted(set(ctx.dcfg.sweep_alphas))
     test, heads = ctx.splits("test", ctx.dcfg.max_examples), ctx.loaded.heads
     out = {"alphas": alphas, "method": ctx.cfg.merge_method, "models": {}}
+    method = _merge_method(ctx.cfg)
     for label, regime, role in _models(ctx):
         acc = metrics.merged_accuracy(ctx.loaded.backbone, ctx.vectors(regime, role), test, heads, alphas,
-                                      ctx.cfg.merge_method, ctx.dcfg.batch_size, ctx.device)
+                                      method, ctx.dcfg.batch_size, ctx.device)
         mean = [sum(acc[t][i] for t in acc) / len(acc) for i in range(len(alphas))]
         out["models"][label] = {"regime": regime, "role": role, "per_task": acc, "mean": mean}
     return out
@@ -204,7 +207,7 @@ def student_teacher(ctx: DiagContext) -> dict:
         out["regimes"][regime] = {}
         for role in roles:
             vecs = ctx.vectors(regime, role)
-            merged = metrics.merged_accuracy(ctx.loaded.backbone, vecs, test, heads, [1.0], ctx.cfg.merge_method,
+            merged = metrics.merged_accuracy(ctx.loaded.backbone, vecs, test, heads, [1.0], _merge_method(ctx.cfg),
                                              ctx.dcfg.batch_size, ctx.device)
             out["regimes"][regime][role] = {
                 "single": metrics.single_task_accuracy(ctx.loaded.backbone, vecs, test, heads,
@@ -229,24 +232,19 @@ def _key(name: str, dcfg: DiagnosticsConfig, cfg: RunConfig, paths: dict, run_di
     files = sorted((str(p.relative_to(run_dir)), p.stat().st_size, p.stat().st_mtime_ns)
                    for roles in paths.values() for by_task in roles.values() for p in by_task.values())
     ident = {"name": name, "settings": settings, "suite": cfg.suite, "preset": cfg.preset, "tasks": cfg.tasks,
-             "merge_method": cfg.merge_method, "files": files, "format": FORMAT_VERSION}
+             "merge_method": cfg.merge_method, "files": files, "format": FORMAT_VERSION,
+             **({"merge_params": cfg.merge_params} if cfg.merge_params else {})}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_cache(run_dir: str | Path) -> dict:
-    """The cached diagnostics of a run ({} when none)."""
-    path = Path(run_dir) / FILENAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise DeltaMergeError(f"{path} is not valid JSON; delete it to recompute the diagnostics") from None
-    return data.get("diagnostics", {}) if data.get("format") == FORMAT_VERSION else {}
+def _merge_method(cfg: RunConfig):
+    from deltamerge.merging import get_method
+
+    return get_method(cfg.merge_method, **cfg.merge_params.get(cfg.merge_method, {}))
 
 
 def run_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.yaml"
+    path = run_dir / rundir.CONFIG
     if not path.is_file():
         raise DeltaMergeError(f"{run_dir} has no config.yaml: diagnostics need a run directory written by "
                               "`deltamerge run` (pass --no-diagnostics to only re-render the report)")
@@ -264,18 +262,19 @@ def settings_for(run_dir: Path, only: str | None = None, **overrides: int | None
     updates = {k: v for k, v in {"include": names, **overrides}.items() if v is not None}
     try:
         return DiagnosticsConfig.model_validate({**base.model_dump(), **updates})
-    except ValueError as exc:
-        raise DeltaMergeError(f"invalid diagnostics option: {exc}") from None
+    except ValidationError as exc:
+        flags = {"grid_size": "--grid-size", "max_examples": "--max-examples", "pair_examples": "--pair-examples"}
+        raise DeltaMergeError(f"invalid diagnostics option: {validation_message(exc, flags)}") from None
 
 
 def _load_from_disk(run_dir: Path, cfg: RunConfig) -> Loaded:
-    from deltamerge.pipeline import load_or_build_heads
+    from deltamerge.stages import load_or_build_heads
     from deltamerge.suites import get_suite
 
-    suite = get_suite(cfg.suite)
+    suite = get_suite(cfg.suite, cfg.suite_options)
     backbone = suite.backbone()
     tasks = suite.tasks(cfg.preset, cfg.tasks)
-    heads = load_or_build_heads(suite, backbone, tasks, run_dir / "heads.safetensors")
+    heads = load_or_build_heads(suite, backbone, tasks, run_dir / rundir.HEADS)
     return Loaded(suite, backbone, heads, tasks)
 
 
@@ -286,13 +285,13 @@ def compute_diagnostics(run_dir: str | Path, dcfg: DiagnosticsConfig | None = No
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     dcfg = dcfg or cfg.diagnostics or default_config(cfg.preset)
-    tasks = list(loaded.tasks) if loaded is not None else (cfg.tasks or _suite_task_names(cfg.suite))
+    tasks = list(loaded.tasks) if loaded is not None else (cfg.tasks or _suite_task_names(cfg))
     skipped = {}
     if (run_dir / "results.json").is_file():  # regimes the run skipped (e.g. attn-only without attention)
         skipped = json.loads((run_dir / "results.json").read_text()).get("skipped", {})
     paths = _vector_paths(run_dir, [r for r in cfg.regimes if r not in skipped], tasks)
     ctx = DiagContext(run_dir, cfg, dcfg, paths, loader=lambda: _load_from_disk(run_dir, cfg), _loaded=loaded)
-    cache = read_cache(run_dir)
+    cache = rundir.read_diagnostics(run_dir)
     for name in dcfg.include:
         key = _key(name, dcfg, cfg, paths, run_dir)
         if not force and cache.get(name, {}).get("key") == key:
@@ -312,7 +311,7 @@ def compute_diagnostics(run_dir: str | Path, dcfg: DiagnosticsConfig | None = No
     return cache
 
 
-def _suite_task_names(suite: str) -> list[str]:
+def _suite_task_names(cfg: RunConfig) -> list[str]:
     from deltamerge.suites import get_suite
 
-    return list(get_suite(suite).task_names)
+    return list(get_suite(cfg.suite, cfg.suite_options).task_names)

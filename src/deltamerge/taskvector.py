@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from deltamerge.artifacts import check_base, load_artifact, save_artifact
+from deltamerge.artifacts import artifact_writer, check_base, load_artifact, require_meta, save_artifact
 from deltamerge.errors import DeltaMergeError
 
 KINDS = ("nonlinear", "linear")
@@ -154,18 +154,26 @@ class TaskVector:
         return self.apply_in_place(copy.deepcopy(model), alpha)
 
     # ---- persistence -----------------------------------------------------------------------------------------
-    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+    def _payload(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         meta = {"kind": "task_vector", "vector_kind": self.kind, "base_fingerprint": self.base_fingerprint,
                 **self.meta}
         tensors = dict(self.deltas)
         for n, (b, a) in (self.factors or {}).items():
             tensors[f"{_LORA_B}{n}"], tensors[f"{_LORA_A}{n}"] = b, a
-        return save_artifact(path, tensors, meta, overwrite=overwrite)
+        return tensors, meta
+
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        return save_artifact(path, *self._payload(), overwrite=overwrite)
+
+    def writer(self):
+        """A function writing this vector to a given path (``safeio.commit_together`` commits several at once)."""
+        return artifact_writer(*self._payload())
 
     @classmethod
     def load(cls, path: str | Path, base_fingerprint: str | None = None, model: nn.Module | None = None
              ) -> "TaskVector":
         tensors, meta = load_artifact(path, kind="task_vector")
+        require_meta(meta, path, base_fingerprint=str, vector_kind=str)
         if base_fingerprint is not None:
             check_base(meta, base_fingerprint, path)
         extra = {k: v for k, v in meta.items()

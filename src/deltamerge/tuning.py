@@ -1,4 +1,4 @@
-"""Hyperparameter search on validation data only: a grid of TrainConfig overrides for one regime.
+"""Hyperparameter search on validation data only: a grid of training-config overrides for one regime.
 
 For each grid point every task is fine-tuned (vectors cached under ``OUT/points/<hash>/``, reused on re-runs) and
 scored on the *validation* splits only — test data is never read, so the chosen setting can be reported honestly on
@@ -14,12 +14,14 @@ import itertools
 import time
 from pathlib import Path
 
+from deltamerge import rundir
 from deltamerge.artifacts import write_json
-from deltamerge.config import EvalConfig, RunConfig, TrainConfig, config_hash
+from deltamerge.config import EvalConfig, RunConfig, config_class, config_hash, regimes_with, with_overrides
+from deltamerge.safeio import atomic_write_text
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import get_method
-from deltamerge.pipeline import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
+from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
 from deltamerge.suites import get_suite
 from deltamerge.training import get_regime
 
@@ -28,15 +30,15 @@ METRICS = ("merged_alpha1", "merged_best", "single")
 
 def parse_grid(specs: list[str]) -> dict[str, list]:
     """``["beta_student=0.1,1,10", "gamma=1"]`` → ``{"beta_student": [0.1, 1.0, 10.0], "gamma": [1.0]}``, values
-    validated against TrainConfig. ``beta=...`` sets beta_teacher and beta_student together."""
+    names checked against the regimes' configurations. ``beta=...`` sets beta_teacher and beta_student together."""
     grid: dict[str, list] = {}
     for spec in specs:
         if "=" not in spec:
             raise DeltaMergeError(f"grid entry '{spec}' is not NAME=V1,V2,...")
         name, values = spec.split("=", 1)
         name = name.strip()
-        if name != "beta" and name not in TrainConfig.model_fields:
-            raise DeltaMergeError(f"unknown training setting '{name}' (see TrainConfig in deltamerge.config)")
+        if name != "beta" and not regimes_with(name):
+            raise DeltaMergeError(f"unknown training setting '{name}' (see deltamerge/config/regimes.py)")
         grid[name] = [_parse_value(v.strip()) for v in values.split(",") if v.strip()]
         if not grid[name]:
             raise DeltaMergeError(f"grid entry '{spec}' has no values")
@@ -52,15 +54,16 @@ def _parse_value(text: str):
     return text
 
 
-def grid_points(grid: dict[str, list]) -> list[dict]:
-    """Cartesian product of the grid as override dicts (``beta`` expanded to both betas)."""
+def grid_points(grid: dict[str, list], regime: str = "delta") -> list[dict]:
+    """Cartesian product of the grid as override dicts (``beta`` expanded to the betas ``regime`` has)."""
+    betas = [b for b in ("beta_teacher", "beta_student") if b in config_class(regime).model_fields]
     names = list(grid)
     points = []
     for values in itertools.product(*(grid[n] for n in names)):
         point = {}
         for n, v in zip(names, values):
             if n == "beta":
-                point.update(beta_teacher=v, beta_student=v)
+                point.update({b: v for b in betas})
             else:
                 point[n] = v
         points.append(point)
@@ -79,27 +82,28 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     out.mkdir(parents=True, exist_ok=True)
     backbone = suite.backbone()
     task_map = suite.tasks(preset, tasks)
-    heads = load_or_build_heads(suite, backbone, task_map, out / "heads.safetensors")
+    heads = load_or_build_heads(suite, backbone, task_map, out / rundir.HEADS)
     run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out)
-    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / "curvature.safetensors")
+    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE)
                  if regime_cls.needs_curvature else None)
     ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))
     method = get_method(merge_method)
-    base = suite.train_config(regime, preset).model_dump()
+    base_cfg = suite.train_config(regime, preset)
+    base = base_cfg.model_dump()
     rows = []
-    for i, point in enumerate(grid_points(grid)):
-        cfg = TrainConfig.model_validate({**base, **point, "regime": regime})
+    for i, point in enumerate(grid_points(grid, regime)):
+        cfg = with_overrides(base_cfg, point)
         log(f"tune {i + 1}: {point}")
         t0 = time.perf_counter()
         vec_dir = out / "points" / config_hash(cfg)
-        vecs = {t: load_or_train(regime, task, backbone, heads[t], cfg, curvature, vec_dir, suite.name)
+        vecs = {t: load_or_train(task, backbone, heads[t], cfg, curvature, vec_dir, suite.name)
                 [regime_cls.output_role] for t, task in task_map.items()}
         rows.append({"point": point, "config_hash": config_hash(cfg),
                      **validation_scores(ctx, task_map, vecs, method), "seconds": round(time.perf_counter() - t0, 1)})
     rows.sort(key=lambda r: -r[metric])
     write_json(out / "tune.json", {"suite": suite_name, "regime": regime, "preset": preset, "metric": metric,
                                    "merge_method": merge_method, "base_config": base, "rows": rows})
-    (out / "TUNE.md").write_text(markdown(rows, suite_name, regime, preset, metric))
+    atomic_write_text(out / "TUNE.md", markdown(rows, suite_name, regime, preset, metric))
     return rows
 
 
@@ -111,7 +115,7 @@ def validation_scores(ctx: protocols.EvalContext, tasks: dict, vecs: dict, metho
     per_task = {t: ctx.acc(task, "val", merged_dir, alphas) for t, task in tasks.items()}
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     norm = {a: mean([per_task[t][a] / max(single[t], 1e-9) for t in tasks]) for a in alphas}
-    best = max(alphas, key=lambda a: (norm[a], -abs(a - 1.0)))
+    best = protocols.best_alpha(norm)
     return {"single": mean(list(single.values())), "merged_alpha1": mean([per_task[t][1.0] for t in tasks]),
             "merged_best": mean([per_task[t][best] for t in tasks]), "best_alpha": best,
             "per_task_single": single}

@@ -19,6 +19,7 @@ from deltamerge.assets.loaders import (
     natural_images,
     spam,
     text_reference,
+    corrupt_guard,
 )
 from deltamerge.assets.registry import ASSETS, SUITE_ASSETS, AssetSpec
 from deltamerge.assets.store import (
@@ -33,7 +34,8 @@ from deltamerge.assets.store import (
 )
 
 __all__ = [
-    "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "digits",
+    "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "corrupt_guard",
+    "digits",
     "efficientnet_lite0_weights", "elpv", "fashion_mnist", "fetch", "fetch_command", "fetch_suite", "fine_foods",
     "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "natural_images", "path",
     "require", "spam", "text_reference",

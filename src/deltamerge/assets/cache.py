@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -77,6 +78,20 @@ def staging(name: str, marker: dict[str, Any]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_builds(name: str) -> list[Path]:
+    """Delete what killed fetches of asset ``name`` left behind (staging/download directories, a replaced old copy).
+    Call only while holding ``lock(name)``: then no other process is building ``name``."""
+    root = cache_root()
+    patterns = [re.compile(rf"\.(staging|download)-{re.escape(name)}-[A-Za-z0-9_]{{8}}"),
+                re.compile(rf"\.old-{re.escape(name)}-\d+")]
+    removed = []
+    for entry in root.iterdir() if root.is_dir() else []:
+        if any(p.fullmatch(entry.name) for p in patterns):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def lock(name: str) -> Iterator[None]:
     """An exclusive per-asset lock so two processes never build the same asset at once (no-op without fcntl)."""
@@ -96,18 +111,11 @@ def lock(name: str) -> Iterator[None]:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None], suffix: str = "") -> None:
-    """Call ``write`` on a temporary file in the same directory, then rename it onto ``path`` (no partial files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Call ``write`` on a temporary file in the same directory, then rename it onto ``path`` (no partial files;
+    stale temp files of interrupted earlier writes to ``path`` are removed first — see ``deltamerge.safeio``)."""
+    from deltamerge.safeio import atomic_write_stream
+
+    atomic_write_stream(path, write)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -5,15 +5,53 @@ Every loader raises a :class:`DeltaMergeError` naming the fetch command when its
 
 from __future__ import annotations
 
+import contextlib
+import pickle
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from deltamerge.assets.cache import read_json, read_npz
+from deltamerge.assets.cache import cache_root, read_json, read_npz
 from deltamerge.assets.convert_text import MINILM_DIR
 from deltamerge.assets.convert_vision import EFFICIENTNET_FILE, NATURAL_IMAGES
-from deltamerge.assets.store import require
+from deltamerge.assets.store import fetch_command, require
+from deltamerge.errors import DeltaMergeError
+
+
+def _read(name: str, filename: str, reader: Callable[[Path], Any]) -> Any:
+    """``reader`` on one installed file; a truncated or corrupt file is one error naming the command that
+    fetches the asset again."""
+    path = require(name, filename)
+    try:
+        return reader(path)
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, RecursionError, zipfile.BadZipFile) as exc:
+        raise DeltaMergeError(f"asset {name!r}: {path} is corrupt or truncated ({type(exc).__name__}); run "
+                              f"`{fetch_command(name)} --force` to fetch it again") from None
+
+
+@contextlib.contextmanager
+def corrupt_guard(name: str) -> Iterator[None]:
+    """Errors of a library reading installed asset ``name`` (torch.load, transformers) become one error naming the
+    command that fetches it again (a truncated download, a disk that filled up during conversion, ...)."""
+    try:
+        yield
+    except DeltaMergeError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise DeltaMergeError(f"asset {name!r} in {cache_root()} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:120]}); run `{fetch_command(name)} --force` to fetch it "
+                              "again") from None
+
+
+def _npz(name: str, filename: str) -> dict[str, np.ndarray]:
+    return _read(name, filename, read_npz)
+
+
+def _json(name: str, filename: str) -> Any:
+    return _read(name, filename, read_json)
 
 
 class Images(NamedTuple):
@@ -32,13 +70,13 @@ class Elpv(NamedTuple):
 
 
 def _images(name: str) -> Images:
-    data = read_npz(require(name, "data.npz"))
+    data = _npz(name, "data.npz")
     return Images(data["x"], data["y"])
 
 
 def fashion_mnist() -> dict[str, np.ndarray]:
     """``train_x uint8[60000,28,28]``, ``train_y int64``, ``test_x uint8[10000,28,28]``, ``test_y int64``."""
-    return read_npz(require("fashion-mnist", "data.npz"))
+    return _npz("fashion-mnist", "data.npz")
 
 
 def mnist5k() -> Images:
@@ -58,13 +96,13 @@ def lfw_subset() -> Images:
 
 def elpv() -> Elpv:
     """ELPV solar-cell images with defect probability and module type (CC BY-NC-SA 4.0: non-commercial use)."""
-    data = read_npz(require("elpv", "data.npz"))
+    data = _npz("elpv", "data.npz")
     return Elpv(data["x"], data["proba"], data["module"])
 
 
 def natural_images() -> list[np.ndarray]:
     """scikit-image's natural photographs (uint8, ``[H,W]`` gray or ``[H,W,3]`` RGB), in a fixed order."""
-    data = read_npz(require("natural-images", "images.npz"))
+    data = _npz("natural-images", "images.npz")
     return [data[name] for name in NATURAL_IMAGES if name in data]
 
 
@@ -74,29 +112,29 @@ def _pairs(texts: list[str], labels: list[int]) -> list[tuple[str, int]]:
 
 def spam() -> list[tuple[str, int]]:
     """SpamAssassin emails as ``(subject + body text, label)`` with 1 = spam, 0 = ham."""
-    data = read_json(require("spam", "spam.json"))
+    data = _json("spam", "spam.json")
     return _pairs(data["texts"], data["labels"])
 
 
 def fine_foods() -> dict[str, list[tuple[str, int]]]:
     """Amazon fine-food reviews ``{"train": [(review, label)], "test": [...]}``; label 1 = "great"."""
-    data = read_json(require("fine-foods", "fine_foods.json"))
+    data = _json("fine-foods", "fine_foods.json")
     return {split: _pairs(v["texts"], v["labels"]) for split, v in data.items()}
 
 
 def fortunes() -> dict[str, list[str]]:
     """BSD fortunes: topic -> quotes."""
-    return read_json(require("fortunes", "fortunes.json"))
+    return _json("fortunes", "fortunes.json")
 
 
 def austen() -> dict[str, list[str]]:
     """Jane Austen's novels: title -> paragraphs."""
-    return read_json(require("austen", "austen.json"))
+    return _json("austen", "austen.json")
 
 
 def text_reference() -> list[str]:
     """General-English passages of 20-100 words (text curvature reference; no source shared with the text tasks)."""
-    return read_json(require("text-reference", "passages.json"))["texts"]
+    return _json("text-reference", "passages.json")["texts"]
 
 
 def efficientnet_lite0_weights() -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from deltamerge.assets.cache import asset_dir, cache_root, is_done, lock, read_marker, staging
+from deltamerge.assets.cache import asset_dir, cache_root, is_done, lock, read_marker, remove_stale_builds, staging
 from deltamerge.assets.registry import ASSETS, SUITE_ASSETS, get_spec, suite_assets, suite_of
 from deltamerge.assets.sources import fetch_source
 from deltamerge.errors import DeltaMergeError
@@ -47,6 +47,7 @@ def fetch(name: str, progress: bool = True, force: bool = False) -> Path:
     with lock(name):
         if not force and is_done(name, spec.fingerprint):
             return asset_dir(name)
+        remove_stale_builds(name)  # left by a killed fetch of this asset (we hold its lock: no one else builds it)
         cache_root().mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f".download-{name}-", dir=cache_root()) as work, \

@@ -16,7 +16,7 @@ Parameter policy (``default_trainable``): the weights and biases of every ``nn.L
 it fine-tunes "the visual encoder" with full fine-tuning; its released code trains only curvature-covered parameters
 and freezes the patch and position embeddings. We follow the covered-parameter rule: LayerNorms and the class
 embedding (which the released code covers with dense blocks we do not estimate) and the patch/position embeddings
-stay frozen, so no trained parameter escapes the drift penalty. ``TrainConfig.trainable="all"`` trains the whole
+stay frozen, so no trained parameter escapes the drift penalty. ``trainable="all"`` trains the whole
 vision tower (the paper's wording), with LayerNorms/embeddings unregularised.
 """
 
@@ -113,7 +113,7 @@ class CLIPVision(Backbone):
     def from_pretrained(cls, model_id: str | Path) -> "CLIPVision":
         """Load weights, tokenizer and normalisation from a hub id (e.g. ``openai/clip-vit-base-patch32``) or a
         local folder, with eager attention."""
-        from deltamerge.suites.hub_access import hub_errors, is_local, require_hub
+        from deltamerge.hub_access import hub_errors, is_local, require_hub
 
         ref = str(model_id)
         if not is_local(ref):

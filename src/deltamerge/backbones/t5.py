@@ -55,7 +55,7 @@ class T5Classifier(Backbone):
     @classmethod
     def from_pretrained(cls, model_id: str | Path) -> "T5Classifier":
         """Weights and tokenizer from a hub id (``google-t5/t5-base``) or a local folder, eager attention."""
-        from deltamerge.suites.hub_access import hub_errors, is_local, require_hub
+        from deltamerge.hub_access import hub_errors, is_local, require_hub
 
         ref = str(model_id)
         if not is_local(ref):

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from deltamerge.artifacts import check_base, load_artifact, save_artifact
+from deltamerge.artifacts import check_base, load_artifact, require_meta, save_artifact
 from deltamerge.curvature.batched import build_groups, group_penalty
 from deltamerge.errors import DeltaMergeError
 
@@ -170,12 +170,18 @@ class Curvature:
         """Load and validate: the base fingerprint must match, and every covered parameter must exist with the
         shape the factors imply (when ``parameters`` is given)."""
         tensors, meta = load_artifact(path, kind="curvature")
+        require_meta(meta, path, base_fingerprint=str, curvature=str, layers=list)
         if base_fingerprint is not None:
             check_base(meta, base_fingerprint, path)
         layers = []
         for spec in meta["layers"]:
+            _check_layer_spec(spec, meta["curvature"], path)
             prefix = f"{spec['module']}::"
             lt = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            needed = _needed_tensors(meta["curvature"], spec)
+            if not needed <= set(lt):
+                raise DeltaMergeError(f"{path}: layer '{spec['module']}' lacks its factors {sorted(needed - set(lt))}:"
+                                      " corrupt or incomplete curvature file (estimate it again)")
             layer = LayerCurvature(spec["module"], spec["weight"], spec["bias"], lt, bool(spec.get("joint", False)))
             if parameters is not None:
                 _check_layer_shapes(layer, meta["curvature"], parameters, path)
@@ -183,6 +189,23 @@ class Curvature:
         extra = {k: v for k, v in meta.items()
                  if k not in {"kind", "curvature", "base_fingerprint", "layers", "format", "format_version"}}
         return cls(meta["curvature"], layers, meta["base_fingerprint"], extra)
+
+
+def _check_layer_spec(spec: Any, kind: str, path: Any) -> None:
+    ok = isinstance(spec, dict) and isinstance(spec.get("module"), str) and isinstance(spec.get("weight"), str) \
+        and (spec.get("bias") is None or isinstance(spec.get("bias"), str)) and "bias" in spec
+    if not ok:
+        raise DeltaMergeError(f"{path}: corrupt curvature metadata (a layer entry is {str(spec)[:80]!r})")
+    if kind not in KINDS:
+        raise DeltaMergeError(f"{path}: unknown curvature kind '{kind}' (known: {', '.join(KINDS)})")
+
+
+def _needed_tensors(kind: str, spec: dict) -> set[str]:
+    """The factor tensors a layer entry needs (separate-bias EK-FAC blocks also store S_bias)."""
+    needed = {"U_A", "U_G", "S"} if kind == "ekfac" else {"A", "G"}
+    if kind == "ekfac" and spec.get("bias") is not None and not spec.get("joint", False):
+        needed.add("S_bias")
+    return needed
 
 
 def _check_layer_shapes(layer: LayerCurvature, kind: str, parameters: dict[str, Tensor], path: Any) -> None:

@@ -24,7 +24,7 @@ from deltamerge.data import ArrayDataset, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation.accuracy import accuracy_along
 from deltamerge.linearize import FunctionalModel
-from deltamerge.merging import get_method
+from deltamerge.merging import MergeMethod, as_method
 from deltamerge.taskvector import TaskVector
 
 Reduce = Callable[[Tensor], Tensor]
@@ -129,10 +129,10 @@ def edit_distance(backbone: Backbone, vector: TaskVector, data: ArrayDataset, ba
 
 
 def merged_accuracy(backbone: Backbone, vectors: dict[str, TaskVector], data: dict[str, ArrayDataset],
-                    heads: dict[str, Head], alphas: list[float], method: str = "task-arithmetic",
+                    heads: dict[str, Head], alphas: list[float], method: str | MergeMethod = "task-arithmetic",
                     batch_size: int = 256, device: torch.device | str = "cpu") -> dict[str, list[float]]:
     """Accuracy of θ0 + α·merge({τ_t}) on each task's data, for every α → {task: [acc per α]}."""
-    prepared = get_method(method).prepare([vectors[t] for t in data])
+    prepared = as_method(method).prepare([vectors[t] for t in data])
     if not prepared.homogeneous:  # pragma: no cover - every registered method is homogeneous today
         raise NotImplementedError(f"merge method '{method}' is not homogeneous in α; the sweep assumes it is")
     out = {}

@@ -16,7 +16,7 @@ from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import EvalConfig, resolve_device
 from deltamerge.data import Task
 from deltamerge.evaluation.accuracy import accuracy_along, cap
-from deltamerge.merging import get_method
+from deltamerge.merging import MergeMethod, as_method
 from deltamerge.taskvector import TaskVector
 
 
@@ -55,10 +55,16 @@ def single_task(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, Tas
             for name, task in tasks.items()}
 
 
+def best_alpha(scores: dict[float, float]) -> float:
+    """The α with the highest validation score; ties go to the α nearest 1 (the one rule for addition and tuning)."""
+    return max(scores, key=lambda a: (scores[a], -abs(a - 1.0)))
+
+
 def addition(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVector], single: dict,
-             method: str = "task-arithmetic") -> dict:
+             method: str | MergeMethod = "task-arithmetic") -> dict:
     """Merged accuracy over the α grid (plus α = 1); best α by mean normalised validation accuracy."""
-    prepared = get_method(method).prepare([vectors[t] for t in tasks])
+    merger = as_method(method)
+    prepared = merger.prepare([vectors[t] for t in tasks])
     alphas = sorted(set(ctx.cfg.alpha_grid) | {1.0})
     per_task: dict[str, dict[str, dict[float, float]]] = {}
     for name, task in tasks.items():
@@ -74,18 +80,18 @@ def addition(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVe
             row[f"{s}_abs"] = _mean(per_task[t][s][a] for t in tasks)
             row[f"{s}_norm"] = _mean(per_task[t][s][a] / max(single[t][f"finetuned_{s}"], 1e-9) for t in tasks)
         sweep[a] = row
-    best = max(alphas, key=lambda a: (sweep[a]["val_norm"], -abs(a - 1.0)))
+    best = best_alpha({a: sweep[a]["val_norm"] for a in alphas})
 
     def summary(a: float) -> dict:
         return {"alpha": a, "abs": sweep[a]["test_abs"], "norm": sweep[a]["test_norm"],
                 "per_task": {t: per_task[t]["test"][a] for t in tasks}}
 
-    return {"method": method, "alpha_1": summary(1.0), "best": summary(best),
+    return {"method": merger.name, **_params(merger), "alpha_1": summary(1.0), "best": summary(best),
             "sweep": [{"alpha": a, **sweep[a]} for a in alphas]}
 
 
 def negation(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVector], control: Task,
-             method: str = "task-arithmetic") -> dict:
+             method: str | MergeMethod = "task-arithmetic") -> dict:
     """Per task: α minimising target val accuracy with control val accuracy ≥ threshold × pre-trained control.
 
     With a merge method other than task arithmetic the negated direction is that method applied to the single
@@ -93,7 +99,7 @@ def negation(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVe
     grid = sorted(ctx.cfg.negation_grid)
     control_pre = {s: ctx.acc(control, s, None, [1.0])[1.0] for s in ("val", "test")}
     floor = ctx.cfg.control_threshold * control_pre["val"]
-    merger = get_method(method)
+    merger = as_method(method)
     per_task = {}
     for name, task in tasks.items():
         neg = -merger.prepare([vectors[name]]).direction
@@ -109,7 +115,13 @@ def negation(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVe
             target_test = ctx.acc(task, "test", None, [1.0])[1.0]
             control_test = control_pre["test"]
         per_task[name] = {"alpha": alpha, "target": target_test, "control": control_test}
-    return {"method": method, "control_task": control.name, "control_pretrained": control_pre["test"],
+    return {"method": merger.name, **_params(merger), "control_task": control.name, "control_pretrained": control_pre["test"],
             "threshold": ctx.cfg.control_threshold,
             "target": _mean(v["target"] for v in per_task.values()),
             "control": _mean(v["control"] for v in per_task.values()), "per_task": per_task}
+
+
+def _params(merger: MergeMethod) -> dict:
+    """The method's non-default parameters, recorded with its results ({} for defaults: results stay unchanged)."""
+    params = merger.params.model_dump(exclude_defaults=True)
+    return {"params": params} if params else {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deltamerge.config.merge import CoreParams
 from deltamerge.errors import DeltaMergeError
 from deltamerge.merging.base import get_method, register
 from deltamerge.merging.layerwise import LayerwiseMethod, working_dtype
@@ -43,9 +44,10 @@ def core_merge(bs: list[Tensor], as_: list[Tensor], inner: LayerwiseMethod) -> T
 
 @register
 class CoreSpace(LayerwiseMethod):
-    """Core Space merging with an inner layer-wise method (default TSV-M: Core + TSV-M is DELTA's Table 4 best)."""
+    """Core Space (LoRA vectors): merge the adapters' cores in a shared basis with TSV-M (DELTA's Table 4 best)."""
 
     name = "core"
+    Params = CoreParams
     inner_default = "tsv"
 
     def __init__(self, inner: str | None = None) -> None:
@@ -55,6 +57,7 @@ class CoreSpace(LayerwiseMethod):
             raise DeltaMergeError(f"Core Space needs a layer-wise inner method (tsv, isoc, task-arithmetic), "
                                   f"not '{self.inner_name}'")
         self.inner = method
+        self.params = self.check_params({"inner": inner})
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return self.inner.merge_matrix(mats)
@@ -87,7 +90,7 @@ class CoreSpace(LayerwiseMethod):
 
 @register
 class CoreSpaceIsoC(CoreSpace):
-    """Core Space with Iso-C inside (DELTA's Table 4 row "Core + Iso-C")."""
+    """Core Space with Iso-C merging the cores (DELTA's Table 4 row "Core + Iso-C")."""
 
     name = "core-isoc"
     inner_default = "isoc"

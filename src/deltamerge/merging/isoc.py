@@ -27,6 +27,8 @@ def isotropic(mat: Tensor) -> Tensor:
 
 @register
 class IsoC(LayerwiseMethod):
+    """Iso-C: the summed update with its spectrum flattened to the mean singular value, per layer."""
+
     name = "isoc"
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:

@@ -45,4 +45,4 @@ class LayerwiseMethod(MergeMethod):
         return TaskVector(deltas, first.base_fingerprint, first.kind, self.describe(vectors))
 
     def describe(self, vectors: list[TaskVector]) -> dict:
-        return {"method": self.name, "tasks": [v.meta.get("task") for v in vectors]}
+        return {"method": self.name, "tasks": [v.meta.get("task") for v in vectors], **self.params.model_dump()}

@@ -12,6 +12,8 @@ from deltamerge.taskvector import TaskVector
 
 @register
 class TaskArithmetic(LayerwiseMethod):
+    """Task arithmetic: the sum of the task vectors, θ0 + α·Σ_t τ_t."""
+
     name = "task-arithmetic"
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from deltamerge.config.merge import TiesParams
 from deltamerge.merging.base import MergeMethod, register
 from deltamerge.taskvector import TaskVector
 
@@ -29,10 +30,14 @@ def ties_merge(stacked: torch.Tensor, density: float) -> torch.Tensor:
 
 @register
 class Ties(MergeMethod):
+    """TIES: trim each vector to its top-density magnitudes, elect signs, average the agreeing entries."""
+
     name = "ties"
+    Params = TiesParams
 
     def __init__(self, density: float = 0.2) -> None:
-        self.density = density
+        self.params = self.check_params({"density": density})
+        self.density = self.params.density
 
     def merge(self, vectors: list[TaskVector]) -> TaskVector:
         names = sorted(vectors[0].deltas)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deltamerge.errors import DeltaMergeError
+from deltamerge.config.merge import TSVParams
 from deltamerge.merging.base import register
 from deltamerge.merging.layerwise import LayerwiseMethod
 
@@ -46,14 +46,14 @@ def tsv_merge(mats: list[Tensor], rank_fraction: float | None = None) -> Tensor:
 
 @register
 class TaskSingularVectors(LayerwiseMethod):
-    """TSV-M; ``rank_fraction`` f of each task's singular triplets kept (None: 1/T, the paper's choice)."""
+    """TSV-M: per layer, each task's top singular triplets, decorrelated across tasks (Procrustes)."""
 
     name = "tsv"
+    Params = TSVParams
 
     def __init__(self, rank_fraction: float | None = None) -> None:
-        if rank_fraction is not None and not 0 < rank_fraction <= 1:
-            raise DeltaMergeError(f"TSV-M rank fraction must be in (0, 1], not {rank_fraction}")
-        self.rank_fraction = rank_fraction
+        self.params = self.check_params({"rank_fraction": rank_fraction})
+        self.rank_fraction = self.params.rank_fraction
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return tsv_merge(mats, self.rank_fraction)

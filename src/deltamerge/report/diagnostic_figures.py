@@ -21,8 +21,9 @@ def _color(label: str, i: int) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    from deltamerge.safeio import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path
 

@@ -64,7 +64,7 @@ SUMMARIES = {"disentanglement": _summary_disentanglement, "linearization": _summ
 
 def diagnostics_section(run_dir: str | Path, cache: dict | None = None) -> str:
     """Draw the figure of every cached diagnostic and return the markdown that links them ('' when none)."""
-    from deltamerge.run_diagnostics import read_cache
+    from deltamerge.rundir import read_diagnostics as read_cache
 
     run_dir = Path(run_dir)
     cache = read_cache(run_dir) if cache is None else cache

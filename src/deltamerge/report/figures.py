@@ -30,7 +30,8 @@ def alpha_sweep(results: dict, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Task addition on {results['suite']} ({len(results['tasks'])} tasks, {results['backbone']})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from deltamerge.safeio import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path

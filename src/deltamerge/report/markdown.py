@@ -8,6 +8,7 @@ from pathlib import Path
 from deltamerge.errors import DeltaMergeError
 from deltamerge.report.diagnostics_section import diagnostics_section
 from deltamerge.report.figures import alpha_sweep
+from deltamerge.report.training_curves import training_section
 
 
 def _pct(x: float) -> str:
@@ -22,6 +23,11 @@ def _merged_rows(res: dict) -> list[tuple[str, dict]]:
 def _extra_note(res: dict) -> str:
     extra = res.get("extra_merges", {})
     return f"; extra post-hoc merges: {', '.join(extra)}" if extra else ""
+
+
+def _params_note(res: dict) -> str:
+    params = res.get("merge_params", {})
+    return f" (parameters: {params})" if params else ""
 
 
 def addition_table(res: dict) -> str:
@@ -89,7 +95,7 @@ def write_report(run_dir: str | Path) -> Path:
     text = f"""# deltamerge report: {res['suite']} ({res['preset']} preset)
 
 Backbone `{res['backbone']}` (θ0 fingerprint `{res['base_fingerprint']}`), tasks: {', '.join(res['tasks'])}.
-Merge method: {res['merge_method']}{_extra_note(res)}. Accuracies in %, on test splits; α chosen on validation splits.
+Merge method: {res['merge_method']}{_params_note(res)}{_extra_note(res)}. Accuracies in %, on test splits; α chosen on validation splits.
 Hardware: {res['hardware']['device']}, {res['hardware']['threads']} threads, torch {res['hardware']['torch']}.{skipped}
 
 ## Task addition (θ0 + α·Σ τ_t)
@@ -104,9 +110,10 @@ Hardware: {res['hardware']['device']}, {res['hardware']['threads']} threads, tor
 ## α sweep
 ![alpha sweep](figures/alpha_sweep.png)
 
+{training_section(run_dir, res)}
 {diagnostics_section(run_dir)}
 Timing (s): {timing}
 """
-    out = run_dir / "REPORT.md"
-    out.write_text(text)
-    return out
+    from deltamerge.safeio import atomic_write_text
+
+    return atomic_write_text(run_dir / "REPORT.md", text)

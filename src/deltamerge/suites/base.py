@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ValidationError
 
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig
 from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 
@@ -57,10 +57,10 @@ class Suite:
         """The frozen classifier for ``task`` (the role CLIP's zero-shot heads play)."""
         raise NotImplementedError
 
-    def train_config(self, regime: str, preset: str) -> TrainConfig:
+    def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         raise NotImplementedError
 
-    def task_train_config(self, cfg: TrainConfig, task: Task, preset: str) -> TrainConfig:
+    def task_train_config(self, cfg: BaseTrainConfig, task: Task, preset: str) -> BaseTrainConfig:
         """The configuration for one task (e.g. steps from the recipe's epochs); the regime's by default."""
         return cfg
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from deltamerge.errors import DeltaMergeError
-from deltamerge.suites.hub_access import hub_errors, require_hub
+from deltamerge.hub_access import hub_errors, require_hub
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from deltamerge.config import TrainConfig
+from deltamerge.config import BaseTrainConfig
 from deltamerge.data import ArrayDataset, Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import LazyInputs
@@ -73,7 +73,7 @@ def build_task(name: str, classes: list[str], train_labels: np.ndarray, test_lab
                                      "val_from": idx.val_from, **(meta or {})})
 
 
-def steps_for_epochs(cfg: TrainConfig, epochs: int, n_train: int) -> TrainConfig:
+def steps_for_epochs(cfg: BaseTrainConfig, epochs: int, n_train: int) -> BaseTrainConfig:
     """The recipe's epochs as optimizer steps: epochs × ⌊n_train / batch⌋ (full batches, as the loop draws them)."""
     per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
     steps = max(1, epochs * per_epoch)

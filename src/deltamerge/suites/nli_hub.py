@@ -18,7 +18,7 @@ import numpy as np
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.t5 import T5Classifier
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
@@ -151,13 +151,13 @@ class NLI6(Suite):
         return StreamedInputs(lambda: self.source.stream(C4, C4.train, opts.reference_seed), count, convert,
                               token_inputs=True)
 
-    def train_config(self, regime: str, preset: str) -> TrainConfig:
+    def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         common = dict(regime=regime, batch_size=128, lr=3e-4, weight_decay=0.01, schedule="cosine", grad_clip=None,
                       beta_teacher=20.0, beta_student=20.0, gamma=0.01,
                       lora_lr=1e-3)  # LoRA factors: not given by the paper; our untuned choice
         if preset == "quick":
-            return TrainConfig(**{**common, "batch_size": 16}, steps=50)
-        return TrainConfig(**common, steps=2000)
+            return recipe_config(**{**common, "batch_size": 16}, steps=50)
+        return recipe_config(**common, steps=2000)
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
         return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64 if preset == "full" else 16,

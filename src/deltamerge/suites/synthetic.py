@@ -10,7 +10,7 @@ import torch
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.toy import ToyMLP
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import ArrayDataset, Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.base import Suite
@@ -53,8 +53,8 @@ class Synthetic(Suite):
     def head(self, backbone: Backbone, task: Task) -> Head:
         return few_shot_head(backbone, task.train, task.num_classes, shots=16)
 
-    def train_config(self, regime: str, preset: str) -> TrainConfig:
-        return TrainConfig(regime=regime, steps=30, batch_size=32, lr=1e-2, weight_decay=0.0, beta_teacher=1.0,
+    def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
+        return recipe_config(regime=regime, steps=30, batch_size=32, lr=1e-2, weight_decay=0.0, beta_teacher=1.0,
                            beta_student=1.0, gamma=1.0, lora_rank=4, lora_alpha=4.0)  # rank 4 < the MLP's widths
 
     def curvature_config(self, preset: str) -> CurvatureConfig:

@@ -18,7 +18,7 @@ import numpy as np
 from deltamerge import assets
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.minilm import MiniLM
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.base import Suite
@@ -41,7 +41,8 @@ CONTROL_TOPICS = ["linux", "startrek", "art", "education"]
 
 @lru_cache(maxsize=1)
 def _tokenizer_model() -> MiniLM:
-    return MiniLM.from_pretrained(assets.minilm_dir())
+    with assets.corrupt_guard("minilm"):
+        return MiniLM.from_pretrained(assets.minilm_dir())
 
 
 def _tokenize(texts: list[str], preset: str) -> dict:
@@ -139,7 +140,7 @@ class TextMini(Suite):
     def head(self, backbone: Backbone, task: Task) -> Head:
         return few_shot_head(backbone, task.train, task.num_classes, shots=16)
 
-    def train_config(self, regime: str, preset: str) -> TrainConfig:
+    def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         # lora_lr (LoRA regimes only): 10× the full fine-tuning lr, as on vision-mini (not tuned here).
         if preset == "quick":
             base = dict(steps=40, batch_size=16, lr=1e-4, weight_decay=0.01, beta_teacher=1.0, beta_student=1.0,
@@ -147,7 +148,7 @@ class TextMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.01, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return TrainConfig(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        return recipe_config(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """TAK's per-task KFAC on at most ``ref`` training texts (as many as the reference set)."""

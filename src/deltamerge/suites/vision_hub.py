@@ -16,7 +16,7 @@ import numpy as np
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.clip import CLIPVision
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig, resolve_device
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config, resolve_device
 from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
@@ -125,7 +125,7 @@ class _VisionHub(Suite):
                               count, convert)
 
     # ---- recipe -----------------------------------------------------------------------------------------------------
-    def train_config(self, regime: str, preset: str) -> TrainConfig:
+    def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         common = dict(regime=regime, batch_size=128, lr=1e-5, weight_decay=0.1, schedule="cosine", grad_clip=None,
                       beta_teacher=500.0, beta_student=500.0, gamma=1.0,
                       # LoRA factors (lora, lora-linear, delta-lora's student): the paper gives no LoRA settings;
@@ -134,10 +134,10 @@ class _VisionHub(Suite):
         if regime == "tak":
             common["lr"] = 3e-4  # Appendix B: TAK keeps its own paper's learning rate
         if preset == "quick":
-            return TrainConfig(**{**common, "batch_size": 32}, steps=100, warmup_steps=10)
-        return TrainConfig(**common, steps=2000, warmup_steps=500)
+            return recipe_config(**{**common, "batch_size": 32}, steps=100, warmup_steps=10)
+        return recipe_config(**common, steps=2000, warmup_steps=500)
 
-    def task_train_config(self, cfg: TrainConfig, task: Task, preset: str) -> TrainConfig:
+    def task_train_config(self, cfg: BaseTrainConfig, task: Task, preset: str) -> BaseTrainConfig:
         if preset == "quick" or not self.options.steps_from_epochs or not task.meta.get("epochs"):
             return cfg
         return steps_for_epochs(cfg, int(task.meta["epochs"]), int(task.meta["n_train"]))

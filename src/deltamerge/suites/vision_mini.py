@@ -18,7 +18,7 @@ import numpy as np
 from deltamerge import assets
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.efficientnet_lite import EfficientNetLite0
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.base import Suite
@@ -96,7 +96,8 @@ class VisionMini(Suite):
     reference_description = "random crops of scikit-image's natural photographs (no task shares this source)"
 
     def backbone(self) -> Backbone:
-        return EfficientNetLite0.from_pretrained(assets.efficientnet_lite0_weights())
+        with assets.corrupt_guard("efficientnet-lite0"):
+            return EfficientNetLite0.from_pretrained(assets.efficientnet_lite0_weights())
 
     def load_task(self, name: str, preset: str) -> Task:
         return _task(name, preset)
@@ -115,7 +116,7 @@ class VisionMini(Suite):
     def head(self, backbone: Backbone, task: Task) -> Head:
         return few_shot_head(backbone, task.train, task.num_classes, shots=16)
 
-    def train_config(self, regime: str, preset: str) -> TrainConfig:
+    def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         # lora_lr (read by lora, lora-linear, delta-lora's student only): the paper gives no LoRA settings; 10× the
         # full fine-tuning lr (digits, quick: LoRA at 1e-4 reached 75 % test accuracy, at 1e-3 89 %, full FT 88 %).
         if preset == "quick":
@@ -124,7 +125,7 @@ class VisionMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.1, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return TrainConfig(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        return recipe_config(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
         return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64)

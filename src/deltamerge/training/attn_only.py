@@ -5,7 +5,7 @@
 The paper finds this keeps the model close to its linear regime (better weight disentanglement) at the cost and
 speed of ordinary fine-tuning. Which parameters are attention projections is the backbone's ``is_attention``; a
 backbone without attention (EfficientNet-Lite0) is refused with one ``DeltaMergeError`` (``deltamerge run`` skips
-the regime for such a suite and records why in results.json). ``TrainConfig.trainable`` is ignored here.
+the regime for such a suite and records why in results.json). Its config (``AttnOnlyConfig``) has no ``trainable`` setting.
 """
 
 from __future__ import annotations

@@ -40,6 +40,6 @@ class WholeGraph:
 
 
 def maybe_compile(fn: Callable, enabled: bool, name: str) -> Callable:
-    """``WholeGraph(fn)`` when ``enabled`` (``TrainConfig.compile``), else ``fn`` itself. Pass α as a tensor:
+    """``WholeGraph(fn)`` when ``enabled`` (the config's ``compile``), else ``fn`` itself. Pass α as a tensor:
     a Python float would be baked into the graph and recompile for every new value."""
     return WholeGraph(fn, name) if enabled else fn

@@ -6,7 +6,7 @@ Per step, with one α drawn per step:
     L_S  = CE(f(θ_S))     + β_S · L_drift(τ_S) + γ · L_KD                            (Eq. 7)
 One jvp gives f0 and J·τ_T, so the teacher at θ_T (α = 1, for its CE) and at θ0 + α·τ_T (the KD target,
 f0 + α·Jτ_T) cost nothing more. The teacher's backward runs first and frees its graph before the student's forward,
-which keeps peak memory near that of the linearized step alone. Cost levers (``TrainConfig``; paper = defaults):
+which keeps peak memory near that of the linearized step alone. Cost levers (``DeltaConfig``; paper = defaults):
 ``student_ce_at="alpha"`` (one student forward), ``penalty_every`` / ``kd_every`` = k (term every k steps with weight
 k), ``penalty_batched`` (exact), ``compile``, ``bf16``.
 """
@@ -46,8 +46,8 @@ class Delta(Regime):
     output_role = "student"
     vector_kinds = {"student": "nonlinear", "teacher": "linear"}
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         self.rng = random.Random(self.cfg.seed)
         self._teacher = self.compiled(self._teacher_terms)
         self._student_features = self.compiled(self._student_forward)

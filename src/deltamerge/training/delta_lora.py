@@ -23,8 +23,8 @@ from deltamerge.training.regime import register
 class DeltaLoRA(Delta):
     name = "delta-lora"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         self.adapters = LoRAAdapters(self.model, self.cfg)
         self.vectors["student"] = self.adapters.parameters()
 

@@ -14,8 +14,8 @@ class Linear(Regime):
     name = "linear"
     vector_kinds = {"main": "linear"}
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         self._loss = self.compiled(self._ce_linearized)
 
     def _ce_linearized(self, inputs: Inputs, labels: Tensor, tau: Params) -> Tensor:

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import TrainConfig, config_hash, resolve_device
+from deltamerge.config import BaseTrainConfig, as_train_config, config_hash, resolve_device
 from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, take, to_device
 from deltamerge.data_sources import as_dataset
@@ -26,10 +26,12 @@ from deltamerge.linearize import FunctionalModel
 from deltamerge.model import as_backbone
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
+from deltamerge.training.logs import StepLog
 from deltamerge.training.regime import Regime, get_regime, trainable_names
+from deltamerge.training.safety import check_divergence, finish
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, cfg: BaseTrainConfig) -> float:
     """Linear warm-up to 1, then cosine annealing to 0 (or constant)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -56,7 +58,7 @@ def index_stream(n: int, batch_size: int, seed: int, start_step: int = 0):
 class _Trainer:
     """Holds the optimizer state of one run so it can be checkpointed and resumed."""
 
-    def __init__(self, regime: Regime, cfg: TrainConfig) -> None:
+    def __init__(self, regime: Regime, cfg: BaseTrainConfig) -> None:
         self.regime, self.cfg = regime, cfg
         self.params: list[tuple[str, str, Tensor]] = [
             (role, n, t) for role, vec in regime.vectors.items() for n, t in vec.items()]
@@ -100,9 +102,13 @@ class _Trainer:
 
     def load(self, path: Path) -> int:
         tensors, meta = load_artifact(path, kind="checkpoint")
-        if meta["config_hash"] != config_hash(self.cfg):
-            raise DeltaMergeError(f"checkpoint {path} was written with a different configuration; remove it or "
-                                  "run without --resume")
+        if meta.get("config_hash") != config_hash(self.cfg):
+            raise DeltaMergeError(f"checkpoint {path} was written with a different configuration: resume with the "
+                                  "same settings, or pass --force without --resume to start over")
+        missing = [f"vec/{role}/{n}" for role, n, _ in self.params if f"vec/{role}/{n}" not in tensors]
+        if missing or not isinstance(meta.get("step"), int) or not 0 <= meta["step"] <= self.cfg.steps:
+            raise DeltaMergeError(f"checkpoint {path} is incomplete or corrupt (missing {missing[:2]} or a bad "
+                                  "step): remove it and start over")
         step = int(meta["step"])
         with torch.no_grad():
             for i, (role, n, t) in enumerate(self.params):
@@ -120,15 +126,22 @@ class _Trainer:
         return step
 
 
-def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: TrainConfig,
+def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTrainConfig,
           curvature: Curvature | None = None, checkpoint: str | Path | None = None, resume: bool = False,
-          meta: dict | None = None, context: TrainContext | None = None) -> dict[str, TaskVector]:
-    """Fine-tune one task under one regime; returns the task vectors by role (the output role is the product).
+          meta: dict | None = None, context: TrainContext | None = None,
+          log_file: str | Path | None = None,
+          commit: Callable[[dict[str, TaskVector]], None] | None = None) -> dict[str, TaskVector]:
+    """Fine-tune one task under the regime ``cfg.regime``; returns the task vectors by role (the output role is the
+    product). Build ``cfg`` with ``deltamerge.config.train_config(regime, **settings)``.
 
     ``backbone``: a Backbone or a ``deltamerge.wrap``-ed model; ``data``: any source ``deltamerge.data_sources``
     accepts; ``head``: frozen (see ``heads.check_frozen_head``).
-    ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``."""
-    regime_cls = get_regime(regime_name)
+    ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``;
+    ``log_file`` receives the per-step logs as JSONL (and TensorBoard events beside it, see ``training/logs.py``).
+    ``commit`` writes the vectors; with a ``checkpoint`` the final state is checkpointed before it is called and the
+    checkpoint removed only after it returns (``training/safety.py``)."""
+    cfg = as_train_config(cfg)
+    regime_name, regime_cls = cfg.regime, get_regime(cfg.regime)
     data = as_dataset(data, what="training data")
     backbone = as_backbone(backbone, sample=lambda: take(data.inputs, torch.arange(min(len(data), 2))))
     check_frozen_head(head)
@@ -154,6 +167,7 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset |
     bar = tqdm(range(start, cfg.steps), desc=f"{regime_name}:{(meta or {}).get('task', '')}", disable=not show,
                leave=False, initial=start, total=cfg.steps)
     logs: dict[str, float] = {}
+    step_log = StepLog(log_file, start, {"regime": regime_name, **(meta or {})}) if log_file else None
     t0 = time.perf_counter()
     for step in bar:
         idx = next(batches)
@@ -166,6 +180,9 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset |
         trainer.decay()
         trainer.opt.step()
         regime.after_step()
+        check_divergence(regime.vectors, regime.model.base, step, cfg.steps, cfg.max_update_ratio)
+        if step_log is not None:
+            step_log.write(step, cfg.lr * lr_factor(step, cfg), logs)
         trainer.sched.step()
         if show and step % 10 == 0:
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
@@ -174,6 +191,8 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset |
             tensors, cmeta = trainer.state(step + 1)
             save_artifact(ckpt, tensors, cmeta)
     seconds = time.perf_counter() - t0
+    if step_log is not None:
+        step_log.close()
     for role, vec in regime.vectors.items():
         if not all(torch.isfinite(t).all() for t in vec.values()):
             raise DeltaMergeError(f"the {role} task vector has NaN/inf entries after {cfg.steps} steps: training "
@@ -190,6 +209,5 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset |
                                regime_cls.vector_kinds[role], vmeta,
                                None if factors is None else {n: (b.detach().cpu().clone(), a.detach().cpu().clone())
                                                              for n, (b, a) in factors.items()})
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()  # finished: the task vector file replaces the checkpoint
+    finish(ckpt, trainer.state, cfg.steps, start, out, commit)  # checkpoint → commit → remove the checkpoint
     return out

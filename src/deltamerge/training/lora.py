@@ -19,8 +19,8 @@ from deltamerge.linearize import Params
 class LoRA(Regime):
     name = "lora"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         self.adapters = LoRAAdapters(self.model, self.cfg)
         self.vectors = {"main": self.adapters.parameters(train_a=self.trains_a())}
 

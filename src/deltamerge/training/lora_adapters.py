@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from deltamerge.backbones.base import Backbone
-from deltamerge.config import TrainConfig
+from deltamerge.config import BaseTrainConfig
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel, Params
 
@@ -54,7 +54,7 @@ def lora_targets(backbone: Backbone, names: list[str], patterns: list[str] | Non
     return chosen
 
 
-def factor_lr(cfg: TrainConfig) -> float:
+def factor_lr(cfg: BaseTrainConfig) -> float:
     """Peak learning rate of the LoRA factors: ``lora_lr``, or ``lr`` when unset."""
     return cfg.lora_lr if cfg.lora_lr is not None else cfg.lr
 
@@ -65,7 +65,7 @@ class LoRAAdapters:
     ``self.model`` is the functional model restricted to the adapted weights (θ0 elsewhere stays fixed).
     """
 
-    def __init__(self, model: FunctionalModel, cfg: TrainConfig) -> None:
+    def __init__(self, model: FunctionalModel, cfg: BaseTrainConfig) -> None:
         self.model = FunctionalModel(model.backbone, lora_targets(model.backbone, model.names, cfg.lora_targets))
         self.rank = cfg.lora_rank
         self.scaling = cfg.lora_alpha / cfg.lora_rank

@@ -12,8 +12,8 @@ from deltamerge.training.regime import Regime, check_finite, register
 class NonLinear(Regime):
     name = "nonlinear"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         self._features = self.compiled(self.model.features)
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import TrainConfig
+from deltamerge.config import BaseTrainConfig
 from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, Inputs
 from deltamerge.errors import DeltaMergeError
@@ -56,7 +56,7 @@ class Regime:
     ``vectors`` maps a role ("main", or "student"/"teacher") to the dict of tensors the optimizer updates (τ itself,
     or a parametrization of it that ``export`` turns into τ); ``output_role`` is the vector the regime delivers;
     ``vector_kinds`` says how each role is evaluated (nonlinear or linear model).
-    ``trainable_policy`` (if set) overrides ``TrainConfig.trainable``; ``needs_others`` names what the regime needs
+    ``trainable_policy`` (if set) replaces the config's ``trainable``; ``needs_others`` names what the regime needs
     from the other tasks ("inputs" or "kfac", see ``TrainContext``), handed over as ``context``.
     """
 
@@ -67,7 +67,7 @@ class Regime:
     output_role: ClassVar[str] = "main"
     vector_kinds: ClassVar[dict[str, str]] = {"main": "nonlinear"}
 
-    def __init__(self, model: FunctionalModel, head: Head, cfg: TrainConfig, curvature: Curvature | None = None,
+    def __init__(self, model: FunctionalModel, head: Head, cfg: BaseTrainConfig, curvature: Curvature | None = None,
                  context: TrainContext | None = None) -> None:
         if self.needs_curvature and curvature is None:
             raise DeltaMergeError(f"regime '{self.name}' needs a curvature file (run `deltamerge curvature` first)")
@@ -81,6 +81,10 @@ class Regime:
             from deltamerge.model import report_uncovered
 
             report_uncovered(model.backbone, self.uncovered, self.name)  # no drift penalty on these: say so once
+        self.setup()
+
+    def setup(self) -> None:
+        """Regime-specific state built once after the shared fields above (subclasses extend it with super())."""
 
     @classmethod
     def unsupported_reason(cls, backbone: Backbone) -> str | None:

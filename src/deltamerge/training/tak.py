@@ -9,7 +9,7 @@ form τᵀ(A ⊗ G)τ approximates mean_{x′} ‖J(x′)·τ‖², i.e. τJp's 
 
 We sum the exact per-task KFAC quadratic forms; the paper merges the other tasks' factors into one Kronecker
 product (a heuristic it bounds) so the cost stays constant in the number of tasks — with ≤ 4 tasks the sum is cheap
-and has no merging error. λ is ``TrainConfig.beta_teacher``; ``penalty_every`` applies it every k steps with
+and has no merging error. λ is ``TAKConfig.beta_teacher``; ``penalty_every`` applies it every k steps with
 weight k. Parameters the curvature does not cover (e.g. depthwise convs) are trained unregularized.
 """
 
@@ -34,8 +34,8 @@ class TAK(Linear):
     name = "tak"
     needs_others = "kfac"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         device = next(iter(self.model.base.values())).device
         wrong = sorted(n for n, c in self.context.other_curvatures.items() if c.kind != "kfac")
         if wrong:

@@ -6,7 +6,7 @@ task vector τ causes on the *other* tasks' inputs.
 In the linearized model, adding τ to θ0 + τ_{t′} moves the features of x′ by exactly J(x′)·τ, so the penalty is the
 interference τ causes on task t′ (the paper's τJp). Each step draws a fresh batch of ``taujp_batch_size`` training
 inputs from every other task (its own reshuffled stream) and runs one jvp per other task; λ is
-``TrainConfig.beta_teacher`` and the penalty can be applied every ``penalty_every`` steps with weight
+``TauJpConfig.beta_teacher`` and the penalty can be applied every ``penalty_every`` steps with weight
 ``penalty_every``. With the per-task mean the penalty estimates Σ_{t′} τᵀ G_{t′} τ, the same quantity TAK
 approximates with KFAC, so the two share λ's scale.
 """
@@ -39,8 +39,8 @@ class TauJp(Linear):
     name = "taujp"
     needs_others = "inputs"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self) -> None:
+        super().setup()
         self.device = next(iter(self.model.base.values())).device
         self.streams: dict | None = None
 

@@ -1,0 +1,26 @@
+"""Settings of the reference-set curvature estimate."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from deltamerge.config.shared import Strict
+
+
+class CurvatureConfig(Strict):
+    """Reference-set curvature (EK-FAC of the feature GGN; KFAC for TAK)."""
+
+    kind: Literal["ekfac", "kfac"] = "ekfac"
+    probes: Literal["exact", "mc"] = "mc"          # exact: one backward per feature dim; mc: Monte-Carlo probes
+    mc_samples: int = Field(1, ge=1)
+    num_examples: Optional[int] = Field(None, ge=1)  # subsample the reference set (None = all)
+    batch_size: int = Field(64, ge=1)
+    kfac_approx: Literal["auto", "expand", "reduce"] = "auto"  # auto: reduce for token inputs, expand for images
+    include_bias: bool = True
+    joint_bias: bool = True  # one block for [W | b] (keeps weight–bias cross terms); False: separate bias blocks
+    jitter: float = Field(1e-6, ge=0)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True

@@ -1,0 +1,240 @@
+"""One training configuration per regime, over a shared optimiser/schedule base (a discriminated union on ``regime``).
+
+Each regime's class holds exactly the settings it reads: the shared ones (``BaseTrainConfig``: steps, batch size,
+AdamW, schedule, seed, precision) plus its own groups (DELTA's β/γ/α sampling, LoRA's rank and scale, TaLoS' mask,
+τJp's batch). A field that does not apply to a regime is an error, never a silently ignored setting.
+
+    train_config("linear", steps=3)                 # a LinearConfig; train() runs the regime its config names
+    train_config("nonlinear", beta_student=1.0)     # error: beta_student belongs to delta, delta-lora
+    TypeAdapter(TrainConfig).validate_python({...}) # the union, dispatched on "regime" (YAML files, results)
+    recipe_config(regime="nonlinear", **suite_defaults)  # a suite's recipe: keeps the fields the regime has
+
+To add a setting, add a field to the class (or group) of the regimes that read it; to add a regime, add a class with
+``regime: Literal["name"]`` here and list it in ``TrainConfig`` (a test checks the regime registry against it).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from deltamerge.config.shared import Strict
+from deltamerge.errors import DeltaMergeError
+
+
+class BaseTrainConfig(Strict):
+    """The settings every regime shares: one fine-tuning run of one task (AdamW, warm-up + cosine schedule)."""
+
+    regime: str
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    weight_decay_toward: Literal["zero", "base"] = "zero"  # AdamW decays θ (=θ0+τ) toward 0, as torch.optim.AdamW
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: Optional[float] = None  # the paper uses none
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    compile: bool = False  # torch.compile each regime's forward (+ jvp) and loss; graphs are built on the first step
+    checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
+    progress: bool = True
+    # divergence: stop when ‖τ‖/‖θ0‖ exceeds this (training/safety.py); None disables the check
+    max_update_ratio: Optional[float] = Field(10.0, gt=0)
+
+
+# ---- groups of settings, mixed into the regimes that read them ------------------------------------------------------
+class Trainable(BaseModel):
+    """Which parameters fine-tune (every regime but attn-only, whose policy is fixed)."""
+
+    trainable: Literal["default", "all", "attention"] = "default"  # backbone's policy / every parameter / q,k,v,o
+
+
+class PenaltySchedule(BaseModel):
+    """How often a regularizer is applied: every k steps with weight k (1 = every step, the papers' setting)."""
+
+    penalty_every: int = Field(1, ge=1)
+
+
+class DeltaSettings(PenaltySchedule):
+    """DELTA, Algorithm 1: drift weights β_T, β_S, distillation weight γ, α sampling and the cost levers."""
+
+    beta_teacher: float = Field(500.0, ge=0)
+    beta_student: float = Field(500.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    alpha_sampling: Literal["uniform", "curriculum", "fixed"] = "uniform"  # U(0.5,1) / released code's [0.5,2] / α=1
+    alpha_low: float = 0.5
+    alpha_high: float = 1.0
+    student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
+    kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
+    penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
+
+
+class LoRASettings(BaseModel):
+    """LoRA factors: τ_W = (lora_alpha / lora_rank)·B·A (peft conventions)."""
+
+    lora_rank: int = Field(16, ge=1)  # not in the paper; 16 = the ViT-B LoRA checkpoints Core Space merges
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_lr: Optional[float] = Field(None, gt=0)  # peak learning rate of the factors (None: lr); delta-lora's
+    #                                               full fine-tuning teacher keeps lr
+    lora_targets: Optional[list[str]] = None  # module-name suffixes (peft target_modules); None: every trainable
+    #                                            nn.Linear / ungrouped nn.Conv2d weight
+
+
+class InterferencePenalty(PenaltySchedule):
+    """τJp / TAK: linear fine-tuning plus λ·(drift on the other tasks); λ is ``beta_teacher``."""
+
+    beta_teacher: float = Field(500.0, ge=0)  # λ, the weight of the other tasks' drift penalty
+
+
+# ---- one class per regime ---------------------------------------------------------------------------------------------
+class NonLinearConfig(Trainable, BaseTrainConfig):
+    """Standard fine-tuning (Ilharco et al., 2022)."""
+
+    regime: Literal["nonlinear"] = "nonlinear"
+
+
+class LinearConfig(Trainable, BaseTrainConfig):
+    """Tangent-space fine-tuning (Ortiz-Jimenez et al., 2023)."""
+
+    regime: Literal["linear"] = "linear"
+
+
+class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
+    """DELTA: linearized teacher distilled into a non-linear student along the α path."""
+
+    regime: Literal["delta"] = "delta"
+
+
+class LoRAConfig(LoRASettings, Trainable, BaseTrainConfig):
+    """LoRA fine-tuning (Hu et al., 2022)."""
+
+    regime: Literal["lora"] = "lora"
+
+
+class LoRALinearConfig(LoRASettings, Trainable, BaseTrainConfig):
+    """LoRA in the tangent space (Tang et al., 2024)."""
+
+    regime: Literal["lora-linear"] = "lora-linear"
+    lora_linear_space: Literal["adapter", "weight"] = "adapter"  # adapter: tangent space of (A, B) at (A0, 0), i.e.
+    #                                          only B trains (Tang et al. 2024); weight: f0 + J·(s·B·A), A and B train
+
+
+class DeltaLoRAConfig(LoRASettings, DeltaSettings, Trainable, BaseTrainConfig):
+    """DELTA with a LoRA student and a full fine-tuning linearized teacher."""
+
+    regime: Literal["delta-lora"] = "delta-lora"
+
+
+class AttnOnlyConfig(BaseTrainConfig):
+    """Attention-only fine-tuning (Jin et al., 2025); the trainable set is the attention projections."""
+
+    regime: Literal["attn-only"] = "attn-only"
+
+
+class TaLoSConfig(Trainable, BaseTrainConfig):
+    """TaLoS (Iurada et al., 2025): keep the least Fisher-sensitive fraction 1 − s of the entries trainable."""
+
+    regime: Literal["talos"] = "talos"
+    talos_sparsity: float = Field(0.9, ge=0, lt=1)  # s: fraction frozen (paper: 0.9)
+    talos_rounds: int = Field(4, ge=1)  # mask calibration rounds, kept fraction (1 − s)^(r/R) (authors' code: 4)
+    talos_examples: Optional[int] = Field(None, ge=1)  # calibration examples (None: the whole training split)
+    talos_score: Literal["fisher", "logit"] = "fisher"  # log-likelihood Fisher / sampled-logit gradient (code)
+    talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
+
+
+class TauJpConfig(InterferencePenalty, Trainable, BaseTrainConfig):
+    """τJp (Yoshida et al., 2025): linear FT + λ·‖J·τ‖² on the other tasks' inputs."""
+
+    regime: Literal["taujp"] = "taujp"
+    taujp_batch_size: int = Field(32, ge=1)  # inputs drawn per step from each other task
+
+
+class TAKConfig(InterferencePenalty, Trainable, BaseTrainConfig):
+    """TAK: linear FT + λ·Σ τᵀ KFAC_t′ τ over the other tasks' curvatures."""
+
+    regime: Literal["tak"] = "tak"
+
+
+REGIME_CONFIGS: dict[str, type[BaseTrainConfig]] = {
+    cls.model_fields["regime"].default: cls
+    for cls in (NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig, DeltaLoRAConfig,
+                AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig)}
+
+#: The training configuration of any regime: validate a mapping with ``TypeAdapter(TrainConfig)`` (pydantic picks the
+#: class by ``regime``), or build one with ``train_config(regime, **fields)``.
+TrainConfig = Annotated[Union[NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig,
+                              DeltaLoRAConfig, AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig],
+                        Field(discriminator="regime")]
+_ADAPTER = TypeAdapter(TrainConfig)
+
+
+def config_class(regime: str) -> type[BaseTrainConfig]:
+    """The configuration class of ``regime``; one clear error for an unknown name."""
+    if regime not in REGIME_CONFIGS:
+        raise DeltaMergeError(f"unknown regime '{regime}' (known: {', '.join(sorted(REGIME_CONFIGS))})")
+    return REGIME_CONFIGS[regime]
+
+
+def regimes_with(field: str) -> list[str]:
+    """The regimes whose configuration has ``field``."""
+    return [r for r, cls in REGIME_CONFIGS.items() if field in cls.model_fields]
+
+
+def _check_fields(regime: str, fields: dict[str, Any]) -> None:
+    cls = config_class(regime)
+    for name in fields:
+        if name not in cls.model_fields:
+            owners = regimes_with(name)
+            where = f"it belongs to: {', '.join(owners)}" if owners else "no regime has it"
+            raise DeltaMergeError(f"training setting '{name}' does not apply to regime '{regime}' ({where})")
+
+
+def parse_train_config(data: dict[str, Any]) -> BaseTrainConfig:
+    """A mapping (YAML, results.json, vector metadata) → the configuration of the regime it names."""
+    regime = data.get("regime")
+    if regime is None:
+        raise DeltaMergeError(f"a training configuration needs 'regime' (one of: {', '.join(sorted(REGIME_CONFIGS))})")
+    _check_fields(str(regime), data)
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise DeltaMergeError(f"invalid training settings for regime '{regime}':\n{exc}") from None
+
+
+def train_config(regime: str = "delta", **fields: Any) -> BaseTrainConfig:
+    """The configuration of ``regime`` with ``fields`` set (the paper's defaults elsewhere); a field the regime does
+    not read is an error."""
+    return parse_train_config({**fields, "regime": regime})
+
+
+def recipe_config(regime: str, **recipe: Any) -> BaseTrainConfig:
+    """A suite's recipe (settings shared by all its regimes, e.g. β and LoRA's lr) for one regime: the fields the
+    regime has are kept, the others belong to other regimes and are left out. A name no regime knows is an error."""
+    unknown = [n for n in recipe if not regimes_with(n)]
+    if unknown:
+        raise DeltaMergeError(f"unknown training setting(s) {unknown} in a recipe (no regime has them)")
+    fields = config_class(regime).model_fields
+    return train_config(regime, **{k: v for k, v in recipe.items() if k in fields})
+
+
+def with_overrides(cfg: BaseTrainConfig, overrides: dict[str, Any]) -> BaseTrainConfig:
+    """``cfg`` with ``overrides`` applied and validated (a field the regime lacks, or a new regime, is an error)."""
+    if "regime" in overrides and overrides["regime"] != cfg.regime:
+        raise DeltaMergeError(f"an override cannot change the regime ('{cfg.regime}' → '{overrides['regime']}')")
+    return parse_train_config({**cfg.model_dump(), **overrides})
+
+
+def as_train_config(cfg: BaseTrainConfig | dict[str, Any]) -> BaseTrainConfig:
+    """``cfg`` checked to be the configuration class of the regime it names (a mapping is parsed first)."""
+    if isinstance(cfg, dict):
+        return parse_train_config(cfg)
+    if not isinstance(cfg, BaseTrainConfig):
+        raise DeltaMergeError(f"a training configuration is expected (deltamerge.config.train_config), not "
+                              f"{type(cfg).__name__}")
+    if type(cfg) is not config_class(cfg.regime):
+        raise DeltaMergeError(f"a {type(cfg).__name__} cannot configure regime '{cfg.regime}' (build it with "
+                              f"train_config('{cfg.regime}', ...))")
+    return cfg

@@ -1,0 +1,80 @@
+"""The cached stages of a run: each writes a file in the run directory and reuses it when its inputs are unchanged
+(heads by base fingerprint, curvature by config hash, task vectors by config hash and other tasks)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from deltamerge import rundir
+from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
+from deltamerge.backbones.base import Backbone, Head
+from deltamerge.config import BaseTrainConfig, RunConfig, config_hash
+from deltamerge.curvature import Curvature, estimate_curvature
+from deltamerge.data import Task
+from deltamerge.run_guard import commit_vectors, resolve_checkpoint
+from deltamerge.suites.base import Suite
+from deltamerge.taskvector import TaskVector
+from deltamerge.training import TrainContext, get_regime, train
+
+
+def log(msg: str) -> None:
+    print(f"[deltamerge] {msg}", flush=True)
+
+
+def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path) -> Curvature:
+    cfg = run.curvature or suite.curvature_config(run.preset)
+    params = dict(backbone.named_parameters())
+    if path.exists():
+        curv = Curvature.load(path, fingerprint(backbone), params)
+        if curv.meta.get("config_hash") == config_hash(cfg):
+            log(f"curvature: reusing {path}")
+            return curv
+    log(f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — {suite.reference_description}")
+    t0 = time.perf_counter()
+    curv = estimate_curvature(backbone, suite.reference(run.preset), cfg)
+    curv.meta.update({"config_hash": config_hash(cfg), "seconds": round(time.perf_counter() - t0, 2)})
+    curv.save(path)
+    return curv
+
+
+def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task], path: Path) -> dict[str, Head]:
+    fp = fingerprint(backbone)
+    if path.exists():
+        tensors, meta = load_artifact(path, kind="heads")
+        if meta.get("base_fingerprint") == fp and isinstance(meta.get("tasks"), list) and \
+                set(map(str, meta["tasks"])) >= set(tasks):
+            return {t: Head.from_state({k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{t}/")})
+                    for t in tasks}
+    heads = {name: suite.head(backbone, task) for name, task in tasks.items()}
+    tensors = {f"{t}/{k}": v for t, h in heads.items() for k, v in h.state().items()}
+    save_artifact(path, tensors, {"kind": "heads", "base_fingerprint": fp, "tasks": sorted(heads)})
+    return heads
+
+
+def load_or_train(task: Task, backbone: Backbone, head: Head, cfg: BaseTrainConfig, curvature: Curvature | None,
+                  vec_root: Path, suite_name: str, context: TrainContext | None = None,
+                  force: bool = False) -> dict[str, TaskVector]:
+    """Train ``task`` under ``cfg.regime``, or reuse its vectors under ``vec_root`` if they were trained with the same
+    config (and, for τJp/TAK, the same other tasks). Training resumes a checkpoint of the same settings (one of other
+    settings is discarded only with ``force``); the vectors of all roles are committed together and the checkpoint is
+    removed only after that (``run_guard.py``). The per-step log is written next to the vectors."""
+    regime = cfg.regime
+    regime_cls = get_regime(regime)
+    others = context.signature() if context is not None else None
+    paths = rundir.vector_paths(vec_root, regime, task.name)
+    main = paths[regime_cls.output_role]
+    fp = fingerprint(backbone)
+    existing = {role: TaskVector.load(p, fp) for role, p in paths.items() if p.exists()}
+    same = {role: v.meta.get("config_hash") == config_hash(cfg) and v.meta.get("others") == others
+            for role, v in existing.items()}
+    ckpt = rundir.checkpoint_path(main)
+    if len(existing) == len(paths) and all(same.values()):
+        ckpt.unlink(missing_ok=True)  # a kill after the commit but before its removal: the result is on disk
+        return existing
+    ckpt = resolve_checkpoint(ckpt, cfg, force, log)
+    order = [r for r in paths if r != regime_cls.output_role] + [regime_cls.output_role]  # main output last
+    return train(backbone, head, task.train, cfg, curvature, checkpoint=ckpt, resume=True,
+                 meta={"task": task.name, "suite": suite_name}, context=context, log_file=rundir.log_path(main),
+                 commit=lambda vecs: commit_vectors({paths[r]: vecs[r] for r in order}, ckpt,
+                                                    "re-run the same `deltamerge run`"))
