@@ -58,10 +58,5 @@ def merge(vectors: list[TaskVector] | dict[str, TaskVector], method: str = "task
     vectors = list(vectors.values()) if isinstance(vectors, dict) else list(vectors)
     if not vectors:
         raise DeltaMergeError("no task vectors to merge")
-    method_obj = get_method(method)
-    if params:
-        try:
-            method_obj = type(method_obj)(**params)
-        except TypeError as exc:
-            raise DeltaMergeError(f"merge method '{method}' does not take {sorted(params)} ({exc})") from None
+    method_obj = get_method(method, **params)
     return method_obj.prepare(vectors).apply(alpha)
