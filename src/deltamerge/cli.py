@@ -460,7 +460,10 @@ def export(out: Path = typer.Argument(..., help="output folder (hf, checkpoints)
         raise DeltaMergeError("give exactly one of --suite NAME or --model FOLDER")
     if format not in ("hf", "safetensors", "checkpoints"):
         raise DeltaMergeError(f"--format must be hf, safetensors or checkpoints, not '{format}'")
-    _refuse_overwrite(out, force)
+    if format == "safetensors":
+        _refuse_overwrite(out, force)
+    elif out.exists() and not force:  # hf / checkpoints write a folder (replaced atomically with --force)
+        raise DeltaMergeError(f"{out} exists; refusing to overwrite it (pass --force to replace it)")
     loaded = [TaskVector.load(p) for p in vector]  # validated before the model is loaded
     base = get_suite_checked(suite).backbone() if suite is not None else load_hf_model(model)
     if format == "checkpoints":
