@@ -68,10 +68,16 @@ def _resolve_modules(backbone: Backbone, modules: list[str] | None) -> list[str]
 
 def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConfig,
                        modules: list[str] | None = None) -> Curvature:
-    """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs, for ``modules``
+    """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs (any source
+    ``data_sources.as_inputs`` accepts), for ``modules``
     (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes."""
     from curvlinops import EKFACLinearOperator, KFACLinearOperator
 
+    from deltamerge.data_sources import as_inputs
+    from deltamerge.model import as_backbone
+
+    reference = as_inputs(reference)
+    backbone = as_backbone(backbone, sample=lambda: take(reference, torch.arange(min(num_rows(reference), 2))))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     modules = _resolve_modules(backbone, modules)
