@@ -2,7 +2,7 @@
 
 Backbone: transformers CLIP (default ``openai/clip-vit-base-patch32``; ``openai/clip-vit-large-patch14`` for the
 ViT-L/14 columns), vision tower fine-tuned, text tower frozen; heads are zero-shot classifiers from the class names
-and Ilharco et al.'s templates. Control task: ImageNet-1k. Reference set: a streamed random 15 % of ImageNet-21k-P's
+and templates of ``zero_shot_metadata`` (open_clip / FusionBench). Control task: ImageNet-1k. Reference set: a streamed random 15 % of ImageNet-21k-P's
 training split (shard-shuffled stream, seeded). Hyperparameters: Appendix B (AdamW, lr 1e-5, wd 0.1, batch 128,
 cosine schedule, no clipping, β_T = β_S = 500, γ = 1; 500 warm-up steps as in the recipe the paper follows) and the
 recipe's epochs per task. Options: :class:`VisionHubOptions` (``RunConfig.suite_options``).
@@ -21,11 +21,10 @@ from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
 from deltamerge.suites.base import Suite
-from deltamerge.suites.class_names import readable_class_names
-from deltamerge.suites.clip_templates import templates_for
 from deltamerge.suites.hub_data import DataSource, HubSource, decode_images, find_column, image_loader, \
     label_names, labels_of
 from deltamerge.suites.hub_tasks import HubOptions, build_task, check_class_count, steps_for_epochs
+from deltamerge.suites.zero_shot_metadata import task_classnames, task_templates
 from deltamerge.suites.vision_tasks import IMAGENET, IMAGENET21K_P, IMAGENET21K_P_TRAIN_SIZE, VISION8, VISION14, \
     VISION_TASKS, VisionTaskSpec
 
@@ -74,7 +73,7 @@ class _VisionHub(Suite):
     def head(self, backbone: Backbone, task: Task) -> Head:
         if not isinstance(backbone, CLIPVision):
             raise DeltaMergeError(f"{self.name} needs a CLIP backbone, got {backbone.name}")
-        return backbone.zero_shot_head(task.classes, templates_for(task.meta["templates"]), resolve_device("auto"))
+        return backbone.zero_shot_head(task.classes, task_templates(task.meta["templates"]), resolve_device("auto"))
 
     # ---- data -------------------------------------------------------------------------------------------------------
     def _spec_task(self, spec: VisionTaskSpec, preset: str, control: bool = False) -> Task:
@@ -87,14 +86,11 @@ class _VisionHub(Suite):
         train_t = test_t if control else self.source.table(spec.ref, spec.ref.train)
         img_col = find_column(test_t, spec.image_column, "Image", ("img", "jpg", "png", "webp"))
         lab_col = find_column(test_t, spec.label_column, "ClassLabel", ("label", "labels", "cls"))
-        if spec.hand_names is not None:
-            classes = list(spec.hand_names)
-        else:
-            raw = label_names(test_t, lab_col)
-            if raw is None:
-                raise DeltaMergeError(f"{spec.name}: {spec.ref.repo} has no ClassLabel names for '{lab_col}'")
-            classes = readable_class_names(raw, spec.name, numeric_ok=spec.numeric_names)
+        classes = task_classnames(spec.name)  # maintained libraries' lists (see zero_shot_metadata)
         check_class_count(spec.name, classes, spec.num_classes)
+        raw = label_names(test_t, lab_col)
+        if raw is not None:  # the data set's own ClassLabel must have as many classes as the name list
+            check_class_count(f"{spec.name} ({spec.ref.repo} ClassLabel '{lab_col}')", raw, len(classes))
         mapping = spec.label_map or None
         size = self._image_size()
         test_labels = labels_of(test_t, lab_col, mapping)
@@ -102,7 +98,7 @@ class _VisionHub(Suite):
         options = self.options.model_copy(update={"split_protocol": "test10"}) if control else self.options
         task = build_task(spec.name, classes, train_labels, test_labels, image_loader(train_t, img_col, size),
                           image_loader(test_t, img_col, size), options, preset, source=spec.ref.repo,
-                          meta={"templates": spec.template_key, "epochs": spec.epochs})
+                          meta={"templates": spec.name, "epochs": spec.epochs})
         self._tasks[key] = task
         return task
 
