@@ -30,6 +30,8 @@ class CurvatureConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    # the GGN of g = T∘f (feature_space.py): identity (f) or normalize (n∘f, the DELTA authors' code)
+    feature_transform: Literal["identity", "normalize"] = "identity"
 
 
 class TrainConfig(_Strict):
@@ -79,6 +81,9 @@ class TrainConfig(_Strict):
     talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
     progress: bool = True
+    # feature space of the regime's losses, linearization and penalties (feature_space.py): f, or n∘f = f/‖f‖
+    # (the DELTA authors distill and penalise on normalised CLIP features; the teacher linearizes n∘f)
+    feature_transform: Literal["identity", "normalize"] = "identity"
 
 
 class EvalConfig(_Strict):

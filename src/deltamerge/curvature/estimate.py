@@ -23,6 +23,7 @@ from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature
 from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import output_transform_hook
 from deltamerge.lazy import is_token_inputs
 
 
@@ -98,6 +99,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
                 num_data=n, batch_size_fn=(lambda x: num_rows(x)) if is_dict else None,
                 separate_weight_and_bias=not cfg.joint_bias,
                 num_per_example_loss_terms=1)  # features [B, D]: one term per example; skips a data pass
+    hook = output_transform_hook(backbone, cfg.feature_transform)  # the GGN of g = T∘f (feature_space.py)
     try:
         op.compute_kronecker_factors()
         if cfg.kind == "ekfac":
@@ -108,6 +110,8 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
                     dst[mod_name] = _eigvecs(src.pop(mod_name), cfg.jitter)
             op.compute_eigenvalue_correction()
     finally:
+        if hook is not None:
+            hook.remove()
         for p in backbone.parameters():
             p.requires_grad_(old_flags[id(p)])
     layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
@@ -139,11 +143,12 @@ def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind: str, scal
 
 
 def exact_drift(backbone: Backbone, names: Iterable[str], reference: Inputs, delta: dict[str, Tensor],
-                batch_size: int = 256) -> Tensor:
-    """Oracle: mean_n ‖J_n τ‖² by forward-mode AD (exact, no Kronecker approximation, cross-layer terms included)."""
+                batch_size: int = 256, transform: str = "identity") -> Tensor:
+    """Oracle: mean_n ‖J_n τ‖² (J of g = T∘f) by forward-mode AD (exact, no Kronecker approximation, cross-layer
+    terms included)."""
     from deltamerge.linearize import FunctionalModel
 
-    model = FunctionalModel(backbone, list(names))
+    model = FunctionalModel(backbone, list(names), transform=transform)
     total, n = 0.0, num_rows(reference)
     for start in tqdm(range(0, n, batch_size), desc="exact drift", disable=True):
         x = take(reference, torch.arange(start, min(start + batch_size, n)))

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset, to_device
+from deltamerge.feature_space import vector_transform
 from deltamerge.linearize import FunctionalModel
 from deltamerge.taskvector import TaskVector
 
@@ -26,14 +27,15 @@ def cap(data: ArrayDataset, max_examples: int | None, seed: int = 0) -> ArrayDat
 @torch.no_grad()
 def features_along(backbone: Backbone, data: ArrayDataset, tv: TaskVector | None, alphas: list[float],
                    batch_size: int = 256, device: torch.device | str = "cpu") -> dict[float, Tensor]:
-    """Features [N, D] of every example at θ0 + α·τ for each α (θ0 alone when ``tv`` is None)."""
+    """Features [N, D] of every example at θ0 + α·τ for each α (θ0 alone when ``tv`` is None), in the feature space
+    ``tv`` was trained in (``feature_space.vector_transform``; f itself at θ0)."""
     backbone = backbone.to(device).eval()
     if tv is None:
         model = FunctionalModel(backbone, [])
         feats = torch.cat([model.features(to_device(x, device)).float().cpu()
                            for x, _ in data.batches(batch_size)])
         return {a: feats for a in alphas}
-    model = FunctionalModel(backbone, list(tv.deltas))
+    model = FunctionalModel(backbone, list(tv.deltas), transform=vector_transform(tv))
     tau = {n: t.to(device) for n, t in tv.deltas.items()}
     out: dict[float, list[Tensor]] = {a: [] for a in alphas}
     for x, _ in data.batches(batch_size):

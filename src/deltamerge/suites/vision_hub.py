@@ -10,7 +10,7 @@ recipe's epochs per task. Options: :class:`VisionHubOptions` (``RunConfig.suite_
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from deltamerge.suites.vision_tasks import IMAGENET, IMAGENET21K_P, IMAGENET21K_
     VISION_TASKS, VisionTaskSpec
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+TANGENT_BASELINES = ("linear", "lora-linear")
 QUICK_REFERENCE = 2048
 
 
@@ -36,6 +37,9 @@ class VisionHubOptions(HubOptions):
     reference_fraction: float = 0.15                 # the paper: a random 15 % of ImageNet-21k-P's training split
     openclip_checkpoint: Optional[str] = None        # θ0 from an OpenCLIP / task_vectors file (e.g. zeroshot.pt)
     openclip_allow_pickle: bool = False              # that file is a pickle: load it only when this is set
+    # feature space of DELTA's KD/teacher, the curvature, TAK/τJp and the diagnostics: n∘f (the authors' code
+    # distills and estimates the curvature on L2-normalised CLIP features); "identity" = the raw projection output
+    feature_transform: Literal["identity", "normalize"] = "normalize"
 
 
 class _VisionHub(Suite):
@@ -129,6 +133,9 @@ class _VisionHub(Suite):
                       lora_lr=1e-4)
         if regime == "tak":
             common["lr"] = 3e-4  # Appendix B: TAK keeps its own paper's learning rate
+        # Tangent-space baselines linearize the image encoder f itself (Ortiz-Jimenez et al.); every other regime
+        # works in the suite's feature space (the zero-shot head is cosine, so head(n(f)) = head(f) for the CE).
+        common["feature_transform"] = "identity" if regime in TANGENT_BASELINES else self.options.feature_transform
         if preset == "quick":
             return TrainConfig(**{**common, "batch_size": 32}, steps=100, warmup_steps=10)
         return TrainConfig(**common, steps=2000, warmup_steps=500)
@@ -140,7 +147,8 @@ class _VisionHub(Suite):
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
         # CLS-pooled ViT output: "reduce" over tokens (see NOTES); one MC probe per batch as the authors' estimator.
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=128, kfac_approx="reduce")
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=128, kfac_approx="reduce",
+                               feature_transform=self.options.feature_transform)
 
     def eval_config(self, preset: str) -> EvalConfig:
         # Appendix B: α in (0, 1] for addition, (0, 2] for negation.

