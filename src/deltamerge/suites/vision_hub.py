@@ -31,6 +31,7 @@ from deltamerge.suites.vision_tasks import IMAGENET, IMAGENET21K_P, IMAGENET21K_
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 TANGENT_BASELINES = ("linear", "lora-linear")
 QUICK_REFERENCE = 2048
+QUICK_CONTROL_ROWS = 2048  # quick preset: the first rows of ImageNet's streamed validation split
 
 
 class VisionHubOptions(HubOptions):
@@ -49,7 +50,7 @@ class _VisionHub(Suite):
 
     def __init__(self, options: dict | None = None, source: DataSource | None = None) -> None:
         super().__init__(options)
-        self.source = source if source is not None else HubSource()
+        self.source = source if source is not None else HubSource(data_root=self.options.data_root)
         self._backbone: CLIPVision | None = None
         self._tasks: dict[tuple[str, str], Task] = {}
 
@@ -86,7 +87,8 @@ class _VisionHub(Suite):
         key = (spec.name, preset)
         if key in self._tasks:
             return self._tasks[key]
-        test_t = self.source.table(spec.ref, spec.ref.test)
+        limit = QUICK_CONTROL_ROWS if control and preset == "quick" else None
+        test_t = self.source.table(spec.ref, spec.ref.test, limit)
         train_t = test_t if control else self.source.table(spec.ref, spec.ref.train)
         img_col = find_column(test_t, spec.image_column, "Image", ("img", "jpg", "png", "webp"))
         lab_col = find_column(test_t, spec.label_column, "ClassLabel", ("label", "labels", "cls"))

@@ -47,8 +47,9 @@ VISION8 = ["cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "sv
 VISION14 = VISION8 + ["cifar100", "stl10", "flowers102", "pets", "pcam", "fer2013"]
 
 # Control task for negation: ImageNet-1k (gated on the hub: accept its terms and log in). Its test split has no
-# labels, so the official validation split serves as "test".
-IMAGENET = VisionTaskSpec("imagenet", DatasetRef("ILSVRC/imagenet-1k", test="validation"), 1000, 0)
+# labels, so the official validation split serves as "test". Streamed: only the validation split is read (a plain
+# load_dataset would download every split, ~150 GB, to return one).
+IMAGENET = VisionTaskSpec("imagenet", DatasetRef("ILSVRC/imagenet-1k", test="validation", streamed=True), 1000, 0)
 
 # Reference set for the curvature: ImageNet-21k-P (winter 2021), training split, streamed.
 IMAGENET21K_P = DatasetRef("timm/imagenet-w21-p", train="train", test="validation")
