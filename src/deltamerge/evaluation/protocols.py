@@ -59,7 +59,7 @@ def addition(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVe
              method: str = "task-arithmetic") -> dict:
     """Merged accuracy over the α grid (plus α = 1); best α by mean normalised validation accuracy."""
     prepared = get_method(method).prepare([vectors[t] for t in tasks])
-    alphas = sorted(set(ctx.cfg.alpha_grid) | {1.0})
+    alphas = sorted(set(ctx.cfg.grid_for(method)) | {1.0})
     per_task: dict[str, dict[str, dict[float, float]]] = {}
     for name, task in tasks.items():
         if prepared.homogeneous:  # one pass for the whole grid (and one jvp for linear vectors)

@@ -7,7 +7,8 @@ r = min(m, n):
 
 i.e. the spectrum is flattened to its mean (every direction of the common subspace gets the same scale, so tasks with
 small singular values are not drowned out). The merged model is θ0 + α·Δ_Iso-C with α chosen on validation data.
-Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as the authors do.
+Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as the authors do: every non-2-D tensor, conv kernels included
+(``conv_kernels="svd"`` flattens a conv kernel to [out, in·k·k] and flattens its spectrum instead).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def isotropic(mat: Tensor) -> Tensor:
 @register
 class IsoC(LayerwiseMethod):
     name = "isoc"
+
+    def __init__(self, conv_kernels: str = "average") -> None:
+        self.set_conv_kernels(conv_kernels)
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return isotropic(torch.stack(mats).sum(0))

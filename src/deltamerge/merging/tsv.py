@@ -8,7 +8,8 @@ Per matrix layer, for T task matrices Δ_t ∈ R^{m×n} with SVD Δ_t = U_t Σ_t
    nearest matrices with orthonormal columns, U⊥ = P Qᵀ for U = P S Qᵀ (orthogonal Procrustes), likewise V⊥;
 4. reconstruction: Δ_TSV = U⊥ Σ V⊥ᵀ;  the merged model is θ0 + α·Δ_TSV (α = 1 in the paper).
 
-Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as in the authors' description of TSV-M.
+Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as in the authors' code: every non-2-D tensor, conv kernels
+included (``conv_kernels="svd"`` merges a conv kernel as its flattened [out, in·k·k] matrix instead).
 With one task and f = 1 the stacked U and V are already orthonormal, so Δ_TSV = Δ_1.
 """
 
@@ -50,10 +51,11 @@ class TaskSingularVectors(LayerwiseMethod):
 
     name = "tsv"
 
-    def __init__(self, rank_fraction: float | None = None) -> None:
+    def __init__(self, rank_fraction: float | None = None, conv_kernels: str = "average") -> None:
         if rank_fraction is not None and not 0 < rank_fraction <= 1:
             raise DeltaMergeError(f"TSV-M rank fraction must be in (0, 1], not {rank_fraction}")
         self.rank_fraction = rank_fraction
+        self.set_conv_kernels(conv_kernels)
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return tsv_merge(mats, self.rank_fraction)

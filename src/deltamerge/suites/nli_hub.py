@@ -21,7 +21,7 @@ import numpy as np
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.t5 import T5Classifier
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import QUICK_ALPHA_GRIDS, CurvatureConfig, EvalConfig, TrainConfig
 from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
@@ -190,6 +190,7 @@ class NLI6(Suite):
 
     def eval_config(self, preset: str) -> EvalConfig:
         if preset == "quick":
-            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0], batch_size=64)
+            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                              negation_grid=[0.5, 1.0, 1.5, 2.0], batch_size=64)
         return EvalConfig(batch_size=256)
 

@@ -10,7 +10,7 @@ import torch
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.toy import ToyMLP
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import QUICK_ALPHA_GRIDS, CurvatureConfig, EvalConfig, TrainConfig
 from deltamerge.data import ArrayDataset, Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.base import Suite
@@ -61,4 +61,5 @@ class Synthetic(Suite):
         return CurvatureConfig(probes="exact", batch_size=64)
 
     def eval_config(self, preset: str) -> EvalConfig:
-        return EvalConfig(alpha_grid=[0.25, 0.5, 0.75, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0])
+        return EvalConfig(alpha_grid=[0.25, 0.5, 0.75, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                          negation_grid=[0.5, 1.0, 1.5, 2.0])

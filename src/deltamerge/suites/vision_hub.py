@@ -16,7 +16,7 @@ import numpy as np
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.clip import CLIPVision
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig, resolve_device
+from deltamerge.config import QUICK_ALPHA_GRIDS, CurvatureConfig, EvalConfig, TrainConfig, resolve_device
 from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
@@ -155,7 +155,8 @@ class _VisionHub(Suite):
     def eval_config(self, preset: str) -> EvalConfig:
         # Appendix B: α in (0, 1] for addition, (0, 2] for negation.
         if preset == "quick":
-            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0],
+            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                              negation_grid=[0.5, 1.0, 1.5, 2.0],
                               batch_size=128)
         return EvalConfig(batch_size=256)
 

@@ -18,7 +18,7 @@ import numpy as np
 from deltamerge import assets
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.efficientnet_lite import EfficientNetLite0
-from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
+from deltamerge.config import QUICK_ALPHA_GRIDS, CurvatureConfig, EvalConfig, TrainConfig
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.offline_options import OfflineOptions
@@ -139,5 +139,6 @@ class VisionMini(Suite):
 
     def eval_config(self, preset: str) -> EvalConfig:
         if preset == "quick":
-            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0])
+            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                              negation_grid=[0.5, 1.0, 1.5, 2.0])
         return EvalConfig()
