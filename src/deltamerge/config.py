@@ -71,7 +71,12 @@ class TrainConfig(_Strict):
     #                                            nn.Linear / ungrouped nn.Conv2d weight
     lora_linear_space: Literal["adapter", "weight"] = "adapter"  # lora-linear: tangent space of (A, B) at (A0, 0),
     #                                    i.e. only B trains (Tang et al. 2024); weight: f0 + J·(s·B·A), A and B train
-    # τJp and TAK use beta_teacher as their penalty weight λ (and penalty_every).
+    # τJp (Yoshida et al.) and TAK (Porrello et al.): own λ and form, defaults = the authors' (penalty_every applies)
+    taujp_lambda: float = Field(0.1, ge=0)  # λ of τJp
+    taujp_form: Literal["norm", "squared"] = "norm"  # norm: mean_x ‖J(x)τ‖ (authors); squared: mean_x ‖J(x)τ‖²
+    taujp_reference: bool = True  # also penalise the drift on the suite's reference/control inputs (authors: ImageNet)
+    tak_lambda: float = Field(100.0, ge=0)  # λ of TAK
+    tak_projection_scale: float = Field(0.01, ge=0)  # TAK: the output projection's KFAC block ×this (authors: 0.01)
     taujp_batch_size: int = Field(32, ge=1)  # τJp: inputs drawn per step from each other task
     # TaLoS (Iurada et al. 2025): keep the least Fisher-sensitive fraction 1 − s of the entries trainable
     talos_sparsity: float = Field(0.9, ge=0, lt=1)  # s: fraction frozen (paper: 0.9)

@@ -55,7 +55,8 @@ class Synthetic(Suite):
 
     def train_config(self, regime: str, preset: str) -> TrainConfig:
         return TrainConfig(regime=regime, steps=30, batch_size=32, lr=1e-2, weight_decay=0.0, beta_teacher=1.0,
-                           beta_student=1.0, gamma=1.0, lora_rank=4, lora_alpha=4.0)  # rank 4 < the MLP's widths
+                           beta_student=1.0, gamma=1.0, lora_rank=4, lora_alpha=4.0,  # rank 4 < the MLP's widths
+                           taujp_lambda=1.0, taujp_form="squared", taujp_reference=False, tak_lambda=1.0)
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
         return CurvatureConfig(probes="exact", batch_size=64)

@@ -32,9 +32,13 @@ PRESETS = {
 # Baselines (docs/baselines.md): in the paper's text setting every regime uses the same lr (3e-4), TAK included;
 # TaLoS calibrates on 32 texts in 2 rounds in the quick preset (per-example gradients of MiniLM are slow on a CPU);
 # τJp draws a half batch from each other task per step.
+# τJp / TAK keep λ = β_T = 1 and τJp's squared form here (see vision_mini.py)
+_KEEP_TAUJP = dict(taujp_lambda=1.0, taujp_form="squared", taujp_reference=False)
+_KEEP_TAK = dict(tak_lambda=1.0, tak_projection_scale=1.0)
 REGIME_OVERRIDES = {
-    "quick": {"talos": dict(talos_examples=32, talos_rounds=2), "taujp": dict(taujp_batch_size=8)},
-    "full": {"taujp": dict(taujp_batch_size=128)},
+    "quick": {"talos": dict(talos_examples=32, talos_rounds=2), "taujp": dict(taujp_batch_size=8, **_KEEP_TAUJP),
+              "tak": dict(_KEEP_TAK)},
+    "full": {"taujp": dict(taujp_batch_size=128, **_KEEP_TAUJP), "tak": dict(_KEEP_TAK)},
 }
 FORTUNE_TOPICS = ["computers", "politics", "science", "law", "food", "love", "sports", "medicine"]
 CONTROL_TOPICS = ["linux", "startrek", "art", "education"]

@@ -36,10 +36,16 @@ PRESETS = {
 # (about half of EfficientNet-Lite0's entries feed dead ReLU6 units and score exactly 0: a mask made of them does
 # not train at all); τJp draws a half batch from each of the 3 other tasks per step in the quick preset.
 # attn-only does not apply (no attention).
+# τJp / TAK keep λ = β_T = 1 and τJp's squared form here (chosen with the other offline settings; the authors'
+# λ and forms are the TrainConfig defaults, used by the hub suites)
+_KEEP_TAUJP = dict(taujp_lambda=1.0, taujp_form="squared", taujp_reference=False)
+_KEEP_TAK = dict(tak_lambda=1.0, tak_projection_scale=1.0)
 REGIME_OVERRIDES = {
-    "quick": {"tak": dict(lr=3e-3), "talos": dict(talos_examples=128, talos_rounds=2, talos_exclude_zero=True),
-              "taujp": dict(taujp_batch_size=16)},
-    "full": {"tak": dict(lr=3e-3), "talos": dict(talos_exclude_zero=True), "taujp": dict(taujp_batch_size=128)},
+    "quick": {"tak": dict(lr=3e-3, **_KEEP_TAK),
+              "talos": dict(talos_examples=128, talos_rounds=2, talos_exclude_zero=True),
+              "taujp": dict(taujp_batch_size=16, **_KEEP_TAUJP)},
+    "full": {"tak": dict(lr=3e-3, **_KEEP_TAK), "talos": dict(talos_exclude_zero=True),
+             "taujp": dict(taujp_batch_size=128, **_KEEP_TAUJP)},
 }
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DIGITS = [str(i) for i in range(10)]
