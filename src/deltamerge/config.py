@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deltamerge.errors import DeltaMergeError
 
@@ -58,6 +58,11 @@ class TrainConfig(_Strict):
     alpha_low: float = 0.5
     alpha_high: float = 1.0
     student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
+    teacher_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at f_lin(θ_T); released code: at f0 + α·Jτ_T
+    projection_penalty_scale: float = Field(1.0, ge=0)  # DELTA drift: output projection's block ×this (released 0.1)
+    dense_norm_blocks: bool = False  # released code: LayerNorm/class embedding with dense curvature ×10 (raises:
+    #                                  not implemented, see training/profiles.py)
+    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (training/profiles.py)
     penalty_every: int = Field(1, ge=1)  # apply the drift penalty every k steps with weight k; 1 = paper
     kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
     penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
@@ -69,6 +74,9 @@ class TrainConfig(_Strict):
     #                                               full fine-tuning teacher keeps lr
     lora_targets: Optional[list[str]] = None  # module-name suffixes (peft target_modules); None: every trainable
     #                                            nn.Linear / ungrouped nn.Conv2d weight
+    delta_lora_teacher: Literal["full", "lora"] = "full"  # delta-lora's teacher: full FT (paper) / LoRA (authors'
+    #                                                        code: r 16, α 16, teacher_lr 3e-4)
+    teacher_lr: Optional[float] = Field(None, gt=0)  # delta-lora's LoRA teacher (None: lora_lr, else lr)
     lora_linear_space: Literal["adapter", "weight"] = "adapter"  # lora-linear: tangent space of (A, B) at (A0, 0),
     #                                    i.e. only B trains (Tang et al. 2024); weight: f0 + J·(s·B·A), A and B train
     # τJp (Yoshida et al.) and TAK (Porrello et al.): own λ and form, defaults = the authors' (penalty_every applies)
@@ -86,6 +94,14 @@ class TrainConfig(_Strict):
     talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data):
+        from deltamerge.training.profiles import expand_profile
+
+        return expand_profile(data)
+
     # feature space of the regime's losses, linearization and penalties (feature_space.py): f, or n∘f = f/‖f‖
     # (the DELTA authors distill and penalise on normalised CLIP features; the teacher linearizes n∘f)
     feature_transform: Literal["identity", "normalize"] = "identity"

@@ -35,7 +35,9 @@ def log(msg: str) -> None:
 def train_config(suite: Suite, run: RunConfig, regime: str) -> TrainConfig:
     cfg = suite.train_config(regime, run.preset)
     overrides = run.train.get(regime, {})
-    return TrainConfig.model_validate({**cfg.model_dump(), **overrides, "regime": regime}) if overrides else cfg
+    # exclude_unset: a profile named in the overrides fills every switch neither the suite nor the user set
+    return TrainConfig.model_validate({**cfg.model_dump(exclude_unset=True), **overrides, "regime": regime}) \
+        if overrides else cfg
 
 
 def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path) -> Curvature:
