@@ -108,8 +108,10 @@ def _official_task(name: str, classes: list[str], train_labels: np.ndarray, test
 
 
 def steps_for_epochs(cfg: TrainConfig, epochs: int, n_train: int) -> TrainConfig:
-    """The recipe's epochs as optimizer steps: epochs × ⌊n_train / batch⌋ (full batches, as the loop draws them)."""
-    per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
+    """The recipe's epochs as optimizer steps: epochs × ⌊n_train / (batch × accumulation)⌋ (full batches, as the loop
+    draws them; ``grad_accum_steps`` micro-batches make one step where the config has that field)."""
+    effective = cfg.batch_size * int(getattr(cfg, "grad_accum_steps", 1) or 1)
+    per_epoch = max(1, n_train // min(effective, n_train))
     steps = max(1, epochs * per_epoch)
     warmup = min(cfg.warmup_steps, max(0, steps - 1))
     return cfg.model_copy(update={"steps": steps, "warmup_steps": warmup})

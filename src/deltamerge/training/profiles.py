@@ -6,6 +6,7 @@
     alpha_sampling = "curriculum"             α widens from {1} to [0.5, 2] as (step / steps)^½
     projection_penalty_scale = 0.1            the output projection's curvature block ×0.1
     dense_norm_blocks = True                  LayerNorms + class embedding trained with dense curvature blocks ×10
+    delta_lora_teacher = "lora", teacher_lr = 3e-4   delta-lora's teacher is LoRA too (r 16, α 16)
 The last switch is not implemented (our curvature is EK-FAC/KFAC of Linear/Conv layers only; a dense block per
 LayerNorm needs its own estimator): a run with it raises NotImplementedError; set ``dense_norm_blocks: false`` to run
 the rest of the bundle.
@@ -20,7 +21,8 @@ from deltamerge.errors import DeltaMergeError
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {},
     "released": {"student_ce_at": "alpha", "teacher_ce_at": "alpha", "alpha_sampling": "curriculum",
-                 "projection_penalty_scale": 0.1, "dense_norm_blocks": True},
+                 "projection_penalty_scale": 0.1, "dense_norm_blocks": True,
+                 "delta_lora_teacher": "lora", "teacher_lr": 3e-4},
 }
 
 
