@@ -168,3 +168,25 @@ def test_gated_data_set_says_accept_terms_and_log_in(monkeypatch):
     with pytest.raises(DeltaMergeError, match="not reachable"):
         with hub_errors("weights x"):
             raise ConnectionError("Couldn't reach 'https://huggingface.co'")
+
+
+def test_openclip_training_augmentation_on_the_training_split_only(vision_root, tmp_path):
+    from deltamerge.suites import vision_hub
+    from deltamerge.suites.augment import crop_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, w, h = crop_box(48, 40, rng)
+        assert 0 <= left and left + w <= 48 and 0 <= top and top + h <= 40
+        assert 0.9 * 48 * 40 * 0.97 <= w * h <= 48 * 40 and 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03
+    suite = vision_hub.Vision8({"model": str(tiny_clip_dir(tmp_path / "clip")), "data_root": str(vision_root)})
+    task = suite.load_task("eurosat", "quick")
+    rows = torch.arange(4)
+    a, b = task.train.inputs[rows], task.train.inputs[rows]
+    assert a.shape == (4, 3, 32, 32) and not torch.equal(a, b)  # a fresh random crop per access
+    assert torch.equal(task.val.inputs[rows], task.val.inputs[rows])  # validation (from train rows): centre crop
+    again = vision_hub.Vision8({"model": str(tiny_clip_dir(tmp_path / "clip2")), "data_root": str(vision_root)})
+    assert torch.equal(again.load_task("eurosat", "quick").train.inputs[rows], a)  # seeded: reproducible
+    plain = vision_hub.Vision8({"model": str(tiny_clip_dir(tmp_path / "clip3")), "data_root": str(vision_root),
+                                "train_augmentation": "none"}).load_task("eurosat", "quick")
+    assert torch.equal(plain.train.inputs[rows], plain.train.inputs[rows])

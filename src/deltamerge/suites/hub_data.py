@@ -217,6 +217,23 @@ def image_loader(table, column: str, size: int) -> Callable[[list[int]], Tensor]
     return load
 
 
+def augmented_image_loader(table, column: str, size: int, seed: int) -> Callable[[list[int]], Tensor]:
+    """rows -> uint8 [len(rows), 3, size, size] with OpenCLIP's training augmentation (``augment``): a fresh random
+    resized crop per access, drawn in the calling thread from a seeded generator (reproducible)."""
+    from deltamerge.suites.augment import crop_box, random_resized_crop
+
+    raw = undecoded(table, column)
+    rng = np.random.default_rng(seed)
+
+    def load(rows: list[int]) -> Tensor:
+        images = [_pil(v) for v in (raw[rows][column] if rows else [])]
+        boxes = [crop_box(*img.size, rng) for img in images]
+        out = list(_pool().map(lambda ib: random_resized_crop(ib[0], size, ib[1]), zip(images, boxes)))
+        return torch.stack(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+
+    return load
+
+
 def decode_images(values: list, size: int) -> Tensor:
     """Images (PIL / bytes / path dicts) -> uint8 [N, 3, size, size] via :func:`clip_preprocess`."""
     images = list(_pool().map(lambda v: clip_preprocess(v, size), values))

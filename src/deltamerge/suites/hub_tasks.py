@@ -50,10 +50,11 @@ def caps(options: HubOptions, preset: str) -> dict[str, int | None]:
 def build_task(name: str, classes: list[str], train_labels: np.ndarray, test_labels: np.ndarray,
                train_loader: Loader, test_loader: Loader, options: HubOptions, preset: str, source: str,
                token_inputs: bool = False, meta: dict | None = None,
-               val: tuple[np.ndarray, Loader] | None = None) -> Task:
+               val: tuple[np.ndarray, Loader] | None = None, train_augmented: Loader | None = None) -> Task:
     """Lazy train/val/test splits under ``options.split_protocol``; rows with label -1 (no gold label) are dropped;
     labels outside ``range(len(classes))`` are refused. ``val``: (labels, loader) of the data set's own validation
-    split, needed by the ``official`` protocol (validation = that split)."""
+    split, needed by the ``official`` protocol (validation = that split). ``train_augmented``: the loader of the
+    training split only (augmentation; validation rows taken from the training split keep ``train_loader``)."""
     if options.split_protocol == "official":
         if val is None:
             raise DeltaMergeError(f"{name}: split_protocol 'official' needs the data set's own validation split, "
@@ -76,6 +77,8 @@ def build_task(name: str, classes: list[str], train_labels: np.ndarray, test_lab
     def lazy(split: str, official: str) -> ArrayDataset:
         labels = train_labels if official == "train" else test_labels
         loader = train_loader if official == "train" else test_loader
+        if split == "train" and train_augmented is not None:
+            loader = train_augmented
         r = rows[split]
         return ArrayDataset(LazyInputs(r, loader, token_inputs), torch.as_tensor(labels[r], dtype=torch.long))
 

@@ -21,8 +21,8 @@ from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
 from deltamerge.suites.base import Suite
-from deltamerge.suites.hub_data import DataSource, HubSource, decode_images, find_column, image_loader, \
-    label_names, labels_of
+from deltamerge.suites.hub_data import DataSource, HubSource, augmented_image_loader, decode_images, find_column, \
+    image_loader, label_names, labels_of
 from deltamerge.suites.hub_tasks import HubOptions, build_task, check_class_count, steps_for_epochs
 from deltamerge.suites.zero_shot_metadata import task_classnames, task_templates
 from deltamerge.suites.vision_tasks import IMAGENET, IMAGENET21K_P, IMAGENET21K_P_TRAIN_SIZE, VISION8, VISION14, \
@@ -41,6 +41,9 @@ class VisionHubOptions(HubOptions):
     # feature space of DELTA's KD/teacher, the curvature, TAK/τJp and the diagnostics: n∘f (the authors' code
     # distills and estimates the curvature on L2-normalised CLIP features); "identity" = the raw projection output
     feature_transform: Literal["identity", "normalize"] = "normalize"
+    # training split: OpenCLIP's training augmentation (random resized crop, scale 0.9-1, bicubic; suites/augment.py)
+    # as the authors' fine-tuning; "none" = CLIP's evaluation resize + centre crop
+    train_augmentation: Literal["openclip", "none"] = "openclip"
 
 
 class _VisionHub(Suite):
@@ -102,9 +105,11 @@ class _VisionHub(Suite):
         test_labels = labels_of(test_t, lab_col, mapping)
         train_labels = np.zeros(0, dtype=np.int64) if control else labels_of(train_t, lab_col, mapping)
         options = self.options.model_copy(update={"split_protocol": "test10"}) if control else self.options
+        augmented = None if control or self.options.train_augmentation == "none" else \
+            augmented_image_loader(train_t, img_col, size, self.options.split_seed)
         task = build_task(spec.name, classes, train_labels, test_labels, image_loader(train_t, img_col, size),
                           image_loader(test_t, img_col, size), options, preset, source=spec.ref.repo,
-                          meta={"templates": spec.name, "epochs": spec.epochs})
+                          meta={"templates": spec.name, "epochs": spec.epochs}, train_augmented=augmented)
         self._tasks[key] = task
         return task
 
