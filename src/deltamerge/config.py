@@ -24,6 +24,10 @@ class CurvatureConfig(_Strict):
     num_examples: Optional[int] = Field(None, ge=1)  # subsample the reference set (None = all)
     batch_size: int = Field(64, ge=1)
     kfac_approx: Literal["auto", "expand", "reduce"] = "auto"  # auto: reduce for token inputs, expand for images
+    # token inputs (curvature/token_layers.py): padding positions left out of the input factor; attention key layers
+    # estimated with KFAC-expand ("same": with kfac_approx, where "reduce" leaves them no curvature)
+    mask_padding: bool = True
+    attention_keys: Literal["expand", "same"] = "expand"
     include_bias: bool = True
     joint_bias: bool = True  # one block for [W | b] (keeps weight–bias cross terms); False: separate bias blocks
     jitter: float = Field(1e-6, ge=0)
