@@ -64,7 +64,8 @@ def build_task(name: str, classes: list[str], train_labels: np.ndarray, test_lab
     for split, labels in (("train", train_labels), ("test", test_labels)):
         bad = labels[(labels < -1) | (labels >= len(classes))]
         if len(bad):
-            raise DeltaMergeError(f"{name}: {split} labels {sorted(set(bad.tolist()))[:3]} outside 0..{len(classes) - 1}")
+            raise DeltaMergeError(f"{name}: {split} labels {sorted(set(bad.tolist()))[:3]} outside "
+                                  f"0..{len(classes) - 1}")
     train_ok, test_ok = np.flatnonzero(train_labels >= 0), np.flatnonzero(test_labels >= 0)
     idx = split_indices(options.split_protocol, name, len(train_ok), len(test_ok), options.val_fraction,
                         options.max_val, options.split_seed)

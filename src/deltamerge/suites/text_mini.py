@@ -162,7 +162,8 @@ class TextMini(Suite):
         return self.curvature_config(preset).model_copy(update={"kind": "kfac", "num_examples": PRESETS[preset]["ref"]})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=32, feature_transform=self.options.feature_transform)
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=32,
+                               feature_transform=self.options.feature_transform)
 
     def eval_config(self, preset: str) -> EvalConfig:
         if preset == "quick":

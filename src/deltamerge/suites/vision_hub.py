@@ -2,10 +2,11 @@
 
 Backbone: transformers CLIP (default ``openai/clip-vit-base-patch32``; ``openai/clip-vit-large-patch14`` for the
 ViT-L/14 columns), vision tower fine-tuned, text tower frozen; heads are zero-shot classifiers from the class names
-and templates of ``zero_shot_metadata`` (open_clip / FusionBench). Control task: ImageNet-1k. Reference set: a streamed random 15 % of ImageNet-21k-P's
-training split (shard-shuffled stream, seeded). Hyperparameters: Appendix B (AdamW, lr 1e-5, wd 0.1, batch 128,
-cosine schedule, no clipping, β_T = β_S = 500, γ = 1; 500 warm-up steps as in the recipe the paper follows) and the
-recipe's epochs per task. Options: :class:`VisionHubOptions` (``RunConfig.suite_options``).
+and templates of ``zero_shot_metadata`` (open_clip / FusionBench). Control task: ImageNet-1k. Reference set: a
+streamed random 15 % of ImageNet-21k-P's training split (shard-shuffled stream, seeded). Hyperparameters: Appendix B
+(AdamW, lr 1e-5, wd 0.1, batch 128, cosine schedule, no clipping, β_T = β_S = 500, γ = 1; 500 warm-up steps as in
+the recipe the paper follows) and the recipe's epochs per task. Options: :class:`VisionHubOptions`
+(``RunConfig.suite_options``).
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ class VisionMini(Suite):
                            **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64, feature_transform=self.options.feature_transform)
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64,
+                               feature_transform=self.options.feature_transform)
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """TAK's per-task KFAC on at most ``ref`` training images (as many as the reference set)."""

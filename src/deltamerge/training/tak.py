@@ -4,14 +4,16 @@ dataless drift penalty built from the *other* tasks' KFAC curvature.
     minimise  CE(head(f0(x) + J(x)·τ))  +  λ · Σ_{t′≠t} Σ_l tr(ΔW_lᵀ G_l^{t′} ΔW_l A_l^{t′})
 
 with the authors' weights (λ = ``tak_lambda`` = 100; the output projection's block ×``tak_projection_scale`` = 0.01,
-applied as in ``penalty_scaling``), where A_l^{t′}, G_l^{t′} are the KFAC factors of G_{t′} = (1/N_{t′}) Σ_{x′} J(x′)ᵀJ(x′), the feature GGN on task t′'s
-own training inputs (label-free), estimated once per task and shared as a file instead of the data. The quadratic
-form τᵀ(A ⊗ G)τ approximates mean_{x′} ‖J(x′)·τ‖², i.e. τJp's penalty without the other tasks' data.
+applied as in ``penalty_scaling``), where A_l^{t′}, G_l^{t′} are the KFAC factors of G_{t′} = (1/N_{t′}) Σ_{x′}
+J(x′)ᵀJ(x′), the feature GGN on task t′'s own training inputs (label-free), estimated once per task and shared as a
+file instead of the data. The quadratic form τᵀ(A ⊗ G)τ approximates mean_{x′} ‖J(x′)·τ‖², i.e. τJp's penalty
+without the other tasks' data.
 
 We sum the exact per-task KFAC quadratic forms; the paper merges the other tasks' factors into one Kronecker
 product (a heuristic it bounds) so the cost stays constant in the number of tasks — with ≤ 4 tasks the sum is cheap
 and has no merging error. ``penalty_every`` applies it every k steps with weight k. The KFAC is that of the suite's
-feature space (``feature_transform``; the authors: normalised features). Parameters the curvature does not cover (e.g. depthwise convs) are trained unregularized.
+feature space (``feature_transform``; the authors: normalised features). Parameters the curvature does not cover
+(e.g. depthwise convs) are trained unregularized.
 """
 
 from __future__ import annotations
