@@ -136,6 +136,14 @@ def test_streamed_split_stops_at_the_limit(vision_root):
     table = HubSource(data_root=vision_root).table(DatasetRef("ILSVRC/imagenet-1k", test="validation",
                                                               streamed=True), "validation", limit=7)
     assert len(table) == 7 and type(table.features["label"]).__name__ == "ClassLabel"
+    # a repository whose parquet files are in another layout (e.g. the hub's parquet conversion branch): data_files
+    conv = vision_root / "mirror" / "imagenet-parquet" / "default" / "validation"
+    conv.mkdir(parents=True)
+    image_table(5, 9, 8).to_parquet(str(conv / "0000.parquet"))
+    image_table(5, 4, 9).to_parquet(str(conv.parent / "other.parquet"))
+    ref = DatasetRef("mirror/imagenet-parquet", test="validation", streamed=True,
+                     data_files="default/validation/*.parquet")
+    assert len(HubSource(data_root=vision_root).table(ref, "validation")) == 9
 
 
 def test_class_count_is_checked_against_the_data_sets_classlabel(vision_root, tmp_path):

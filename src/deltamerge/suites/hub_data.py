@@ -36,6 +36,8 @@ class DatasetRef:
     test: str = "test"
     val: str | None = None
     streamed: bool = False
+    revision: str | None = None          # a branch / tag / commit of the repository (None: main)
+    data_files: str | None = None        # glob of the split's files inside the repository (None: the repo's layout)
 
     @property
     def name(self) -> str:
@@ -73,8 +75,13 @@ class HubSource(DataSource):
         except ImportError as exc:
             raise DeltaMergeError("the hub suites need the `datasets` package: pip install 'deltamerge[hub]'") from exc
         path = os.path.join(os.fspath(self.data_root), ref.repo) if self.data_root is not None else ref.repo
+        extra = {}
+        if ref.revision:
+            extra["revision"] = ref.revision
+        if ref.data_files:
+            extra["data_files"] = {split: ref.data_files}
         with hub_errors(f"data set {ref.repo} ({split})", ref.repo):
-            return datasets.load_dataset(path, ref.config, split=split, streaming=streaming)
+            return datasets.load_dataset(path, ref.config, split=split, streaming=streaming, **extra)
 
     def table(self, ref: DatasetRef, split: str, limit: int | None = None):
         if not ref.streamed:

@@ -11,6 +11,7 @@ the recipe the paper follows) and the recipe's epochs per task. Options: :class:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Optional
 
 import numpy as np
@@ -45,6 +46,12 @@ class VisionHubOptions(HubOptions):
     # training split: OpenCLIP's training augmentation (random resized crop, scale 0.9-1, bicubic; suites/augment.py)
     # as the authors' fine-tuning; "none" = CLIP's evaluation resize + centre crop
     train_augmentation: Literal["openclip", "none"] = "openclip"
+    # where ImageNet-1k's validation split (the control task) is read from; only that split is read (streamed). If the
+    # repository only has a loading script, use its parquet conversion: control_revision "refs/convert/parquet" with
+    # control_data_files set to that branch's validation files (see docs/reproduce.md)
+    control_repo: str = "ILSVRC/imagenet-1k"
+    control_revision: Optional[str] = None
+    control_data_files: Optional[str] = None
 
 
 class _VisionHub(Suite):
@@ -118,7 +125,10 @@ class _VisionHub(Suite):
         return self._spec_task(VISION_TASKS[name], preset)
 
     def control(self, preset: str) -> Task:
-        return self._spec_task(IMAGENET, preset, control=True)
+        o = self.options
+        ref = dataclasses.replace(IMAGENET.ref, repo=o.control_repo, revision=o.control_revision,
+                                  data_files=o.control_data_files)
+        return self._spec_task(dataclasses.replace(IMAGENET, ref=ref), preset, control=True)
 
     def reference(self, preset: str) -> Inputs:
         opts = self.options
