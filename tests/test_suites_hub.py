@@ -224,3 +224,16 @@ def test_configs_validate(path):
     if cfg.tasks:
         suite.tasks  # noqa: B018 - names are checked below without loading data
         assert set(cfg.tasks) <= set(suite.task_names)
+
+
+def test_recipe_steps_count_gradient_accumulation():
+    """ViT-L/14 configs: batch 8 × 16 accumulation = one optimizer step per 128 examples (``grad_accum_steps`` comes
+    with distributed training; a config class that has it is enough here)."""
+    from deltamerge.config import TrainConfig
+    from deltamerge.suites.hub_tasks import steps_for_epochs
+
+    class WithAccumulation(TrainConfig):
+        grad_accum_steps: int = 1
+
+    assert steps_for_epochs(WithAccumulation(batch_size=8, grad_accum_steps=16), 2, 1024).steps == 16
+    assert steps_for_epochs(TrainConfig(batch_size=8), 2, 1024).steps == 256
