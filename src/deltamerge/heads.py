@@ -66,9 +66,13 @@ def few_shot_indices(labels: Tensor, num_classes: int, shots: int, seed: int = 0
 
 
 def prototype_head(features: Tensor, labels: Tensor, num_classes: int, calib_features: Tensor | None = None,
-                   calib_labels: Tensor | None = None, max_scale: float = 100.0) -> Head:
+                   calib_labels: Tensor | None = None, max_scale: float = 100.0, prenormalize: bool = False) -> Head:
     """Cosine-prototype head from shot features [N, D] and labels [N]; temperature fitted on the calibration set
-    (the shots themselves when none is given)."""
+    (the shots themselves when none is given). ``prenormalize``: built on n(f) (centre, prototypes), for runs in
+    the normalised feature space (see ``feature_space``)."""
+    if prenormalize:
+        features = F.normalize(features, dim=-1)
+        calib_features = None if calib_features is None else F.normalize(calib_features, dim=-1)
     center = features.mean(0)
     z = F.normalize(features - center, dim=-1)
     protos = F.normalize(torch.stack([z[labels == c].mean(0) for c in range(num_classes)]), dim=-1)
@@ -77,12 +81,12 @@ def prototype_head(features: Tensor, labels: Tensor, num_classes: int, calib_fea
     cos = F.normalize(calib_features - center, dim=-1) @ protos.T
     scales = torch.logspace(0, float(torch.log10(torch.tensor(max_scale))), 41)
     losses = torch.stack([F.cross_entropy(s * cos, calib_labels) for s in scales])
-    return Head(protos, center=center, normalize=True, scale=float(scales[losses.argmin()]))
+    return Head(protos, center=center, normalize=True, scale=float(scales[losses.argmin()]), prenormalize=prenormalize)
 
 
 def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: int | None = None, shots: int = 16,
-                  seed: int = 0,
-                  device: str | torch.device = "cpu", calibration: int = 512) -> Head:
+                  seed: int = 0, device: str | torch.device = "cpu", calibration: int = 512,
+                  prenormalize: bool = False) -> Head:
     """Prototypes from ``shots`` examples per class; temperature from up to ``calibration`` other train examples.
     ``train``: any labelled source ``deltamerge.data_sources.as_dataset`` accepts."""
     from deltamerge.data_sources import as_dataset
@@ -97,4 +101,4 @@ def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: in
     feats = features_along(backbone, train.subset(torch.cat([shot_idx, calib_idx])), None, [1.0], device=device)[1.0]
     k = len(shot_idx)
     calib = (feats[k:], train.labels[calib_idx]) if len(calib_idx) else (None, None)
-    return prototype_head(feats[:k], train.labels[shot_idx], num_classes, *calib)
+    return prototype_head(feats[:k], train.labels[shot_idx], num_classes, *calib, prenormalize=prenormalize)

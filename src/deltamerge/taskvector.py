@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from deltamerge.artifacts import artifact_writer, check_base, load_artifact, require_meta, save_artifact
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import vector_transform
 
 KINDS = ("nonlinear", "linear")
 _LORA_A, _LORA_B = "lora_A::", "lora_B::"  # tensor-name prefixes of LoRA factors in a saved task vector
@@ -60,6 +61,8 @@ class TaskVector:
                 raise DeltaMergeError(f"shape mismatch for '{n}': {tuple(t.shape)} vs {tuple(other.deltas[n].shape)}")
 
     def _derived(self, deltas: dict[str, Tensor], **meta: Any) -> "TaskVector":
+        if vector_transform(self) != "identity":  # a combination is evaluated in the feature space it came from
+            meta.setdefault("feature_transform", vector_transform(self))
         return TaskVector(deltas, self.base_fingerprint, self.kind, meta)
 
     def __add__(self, other: "TaskVector") -> "TaskVector":

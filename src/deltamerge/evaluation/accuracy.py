@@ -13,6 +13,7 @@ from deltamerge import distributed as dist
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset, to_device
 from deltamerge.data_sources import as_dataset
+from deltamerge.feature_space import vector_transform
 from deltamerge.linearize import FunctionalModel
 from deltamerge.model import as_backbone
 from deltamerge.taskvector import TaskVector
@@ -29,7 +30,8 @@ def cap(data: ArrayDataset, max_examples: int | None, seed: int = 0) -> ArrayDat
 @torch.no_grad()
 def features_along(backbone: Backbone, data: ArrayDataset, tv: TaskVector | None, alphas: list[float],
                    batch_size: int = 256, device: torch.device | str = "cpu") -> dict[float, Tensor]:
-    """Features [N, D] of every example at θ0 + α·τ for each α (θ0 alone when ``tv`` is None)."""
+    """Features [N, D] of every example at θ0 + α·τ for each α (θ0 alone when ``tv`` is None), in the feature space
+    ``tv`` was trained in (``feature_space.vector_transform``; f itself at θ0)."""
     data = as_dataset(data, what="evaluation data")
     backbone = as_backbone(backbone, sample=lambda: data.subset(torch.arange(min(len(data), 2))).inputs)
     backbone = backbone.to(device).eval()
@@ -38,7 +40,7 @@ def features_along(backbone: Backbone, data: ArrayDataset, tv: TaskVector | None
         feats = torch.cat([model.features(to_device(x, device)).float().cpu()
                            for x, _ in data.batches(batch_size)])
         return {a: feats for a in alphas}
-    model = FunctionalModel(backbone, list(tv.deltas))
+    model = FunctionalModel(backbone, list(tv.deltas), transform=vector_transform(tv))
     tau = {n: t.to(device) for n, t in tv.deltas.items()}
     out: dict[float, list[Tensor]] = {a: [] for a in alphas}
     for x, _ in data.batches(batch_size):

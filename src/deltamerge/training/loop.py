@@ -23,6 +23,7 @@ from deltamerge.data import ArrayDataset, take
 from deltamerge.data_sources import as_dataset
 from deltamerge.errors import DeltaMergeError
 from deltamerge.heads import check_frozen_head
+from deltamerge.feature_space import check_feature_space
 from deltamerge.linearize import FunctionalModel
 from deltamerge.model import as_backbone
 from deltamerge.taskvector import TaskVector
@@ -158,7 +159,8 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTra
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
         curvature = curvature.to(device)
     policy = regime_cls.trainable_policy or cfg.trainable
-    model = FunctionalModel(backbone, trainable_names(backbone, policy))
+    check_feature_space(cfg.feature_transform, head, curvature if regime_cls.needs_curvature else None)
+    model = FunctionalModel(backbone, trainable_names(backbone, policy), transform=cfg.feature_transform)
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)
     dist.broadcast_tensors_(regime.shared_tensors(), what="initial state")  # ranks start identical (e.g. TaLoS mask)
