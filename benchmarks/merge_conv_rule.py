@@ -26,7 +26,7 @@ from deltamerge.taskvector import TaskVector
 class TSVFlat(TaskSingularVectors):
     name = "tsv-svd-conv"
 
-    def __init__(self) -> None:
+    def __init__(self, **_declared) -> None:  # get_method passes the declared defaults; the rule is this class's
         super().__init__(conv_kernels="svd")
 
 
@@ -34,7 +34,7 @@ class TSVFlat(TaskSingularVectors):
 class IsoCFlat(IsoC):
     name = "isoc-svd-conv"
 
-    def __init__(self) -> None:
+    def __init__(self, **_declared) -> None:  # get_method passes the declared defaults; the rule is this class's
         super().__init__(conv_kernels="svd")
 
 
