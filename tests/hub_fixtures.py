@@ -114,6 +114,26 @@ def text_stream_table(n: int, seed: int):
     return datasets.Dataset.from_dict({"text": [" ".join(rng.choice(WORDS, 12)) for _ in range(n)]})
 
 
+def write_hub_repo(root: Path, repo: str, splits: dict, config: str | None = None) -> Path:
+    """A local copy of a hub data set repository in the layout the hub uses for parquet data sets:
+    ``<root>/<repo>/data/<split>-00000-of-00001.parquet`` (features, e.g. ClassLabel / Image, in the parquet schema
+    metadata), or, for a configuration, ``<root>/<repo>/<config>/<split>-...parquet`` declared in the README's YAML
+    ``configs`` block (as ``nyu-mll/glue`` does). ``datasets.load_dataset(<root>/<repo>, config, split=...)`` then
+    takes the path a hub download takes."""
+    folder = root / repo
+    sub = config or "data"
+    (folder / sub).mkdir(parents=True, exist_ok=True)
+    for split, table in splits.items():
+        table.to_parquet(str(folder / sub / f"{split}-00000-of-00001.parquet"))
+    if config is not None:
+        readme = folder / "README.md"
+        old = readme.read_text().split("---")[1].strip("\n") + "\n" if readme.exists() else "configs:\n"
+        entry = f"- config_name: {config}\n  data_files:\n" + "".join(
+            f"  - split: {s}\n    path: {config}/{s}-*.parquet\n" for s in splits)
+        readme.write_text(f"---\n{old}{entry}---\n")
+    return folder
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models: one intra-op thread. On a shared 2-core machine two OpenMP threads made a 32×64 linear layer

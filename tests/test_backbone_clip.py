@@ -3,7 +3,6 @@ policy, OpenCLIP import, and the vision8 suite end to end on fixture tables (tin
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 
 pytest.importorskip("datasets")
 
-from hub_fixtures import one_thread, image_table, tiny_clip_dir  # noqa: E402
+from hub_fixtures import one_thread, tiny_clip_dir  # noqa: E402
 
 from deltamerge.backbones.clip import CLIPVision  # noqa: E402
 from deltamerge.errors import DeltaMergeError  # noqa: E402
@@ -196,39 +195,3 @@ class _PickledEncoder(nn.Module):
         return {n: getattr(self, f"t{i}") for i, n in enumerate(self._names)}
 
 
-def test_vision8_end_to_end_on_fixture_tables(clip_dir, tmp_path, monkeypatch):
-    """curvature → DELTA → merge → evaluate through pipeline.run, with the suite's own loaders on local tables."""
-    import deltamerge.suites.vision_hub as vision_hub
-    from deltamerge import pipeline
-    from deltamerge.config import RunConfig
-    from deltamerge.suites.hub_data import TableSource
-
-    eurosat = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
-               "Residential", "River", "SeaLake"]
-    imagenet = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tiger shark", "hammerhead"]
-    tables = {("tanganke/eurosat", "train"): image_table(10, 48, 0, eurosat),
-              ("tanganke/eurosat", "test"): image_table(10, 24, 1, eurosat),
-              ("tanganke/gtsrb", "train"): image_table(43, 48, 2),
-              ("tanganke/gtsrb", "test"): image_table(43, 24, 3),
-              ("ILSVRC/imagenet-1k", "validation"): image_table(5, 24, 4, imagenet),
-              ("timm/imagenet-w21-p", "train"): image_table(7, 40, 5)}
-    monkeypatch.setattr(vision_hub, "IMAGENET", dataclasses.replace(vision_hub.IMAGENET, num_classes=5))
-    suite = vision_hub.Vision8({"model": str(clip_dir), "reference_examples": 32, "max_train": 32,
-                                "max_val_examples": 8, "max_test": 16}, source=TableSource(tables))
-    cfg = RunConfig(suite="vision8", tasks=["eurosat", "gtsrb"], out=tmp_path / "run", regimes=["delta"],
-                    train={"delta": {"steps": 3, "batch_size": 8}},
-                    curvature={"batch_size": 16, "progress": False, "kfac_approx": "reduce"},
-                    eval={"alpha_grid": [0.5, 1.0], "negation_grid": [1.0], "batch_size": 32})
-    results = pipeline.run(cfg, suite=suite)
-    assert results["control"] == "imagenet" and results["tasks"] == ["eurosat", "gtsrb"]
-    delta = results["regimes"]["delta"]
-    assert set(delta["single"]) == {"eurosat", "gtsrb"}
-    assert 0.0 <= delta["addition"]["best"]["abs"] <= 1.0
-    assert set(delta["negation"]["per_task"]) == {"eurosat", "gtsrb"}
-    assert "delta" in results["teachers"]
-    assert (tmp_path / "run" / "curvature.safetensors").exists()
-    task = suite.load_task("eurosat", "quick")
-    assert task.classes[0] == "annual crop" and task.classes[-1] == "sea lake"
-    assert suite.control("quick").classes[:2] == ["tench", "goldfish"]
-    x = task.train.inputs[torch.arange(2)]
-    assert x.dtype == torch.uint8 and x.shape == (2, 3, 32, 32)

@@ -105,6 +105,9 @@ def test_nli6_end_to_end_on_fixture_tables(t5_dir, tmp_path):
     three = ["entailment", "neutral", "contradiction"]
     tables = {("stanfordnlp/snli", "train"): nli_table(("premise", "hypothesis"), three, 40, 0),
               ("stanfordnlp/snli", "test"): nli_table(("premise", "hypothesis"), three, 24, 1),
+              ("stanfordnlp/snli", "validation"): nli_table(("premise", "hypothesis"), three, 12, 7),
+              ("allenai/scitail:tsv_format", "validation"): nli_table(("premise", "hypothesis"), None, 12, 8,
+                                                           label_map={"entails": 0, "neutral": 1}),
               ("allenai/scitail:tsv_format", "train"): nli_table(("premise", "hypothesis"), None, 40, 2,
                                                       label_map={"entails": 0, "neutral": 1}),
               ("allenai/scitail:tsv_format", "test"): nli_table(("premise", "hypothesis"), None, 24, 3,
@@ -136,7 +139,7 @@ def test_binary_task_inputs_and_label_check(t5_dir):
               ("nyu-mll/glue:rte", "validation"): nli_table(("sentence1", "sentence2"), two, 20, 1)}
     suite = NLI6({"model": str(t5_dir), "max_length": 12}, source=TableSource(tables))
     task = suite.load_task("rte", "quick")
-    assert task.classes == two and task.meta["val_from"] == "train"
+    assert task.classes == two and task.meta["val_from"] == "validation" and task.meta["val_is_test"]
     x = task.test.inputs[torch.arange(3)]
     assert set(x) == {"input_ids", "attention_mask"} and x["input_ids"].shape == (3, 12)
     prompt = suite.backbone().tokenizer.decode(x["input_ids"][0], skip_special_tokens=True)

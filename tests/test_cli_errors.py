@@ -180,6 +180,19 @@ CASES = [
     ("tune-metric", ["tune", "synthetic", "--grid", "lr=0.1", "--metric", "nope", "--out", "{ws}/tune"],
      "--metric", "cli"),
     ("tune-grid", ["tune", "synthetic", "--grid", "nope=1", "--out", "{ws}/tune"], "nope", "cli"),
+    # export (issue 12)
+    ("export-missing-vector", ["export", "{ws}/ex", "--suite", "synthetic", "--vector", "{ws}/missing.safetensors"],
+     "no such file", "cli"),
+    ("export-linear", ["export", "{ws}/ex.safetensors", "--suite", "synthetic", "--format", "safetensors",
+                       "--vector", "{ws}/lin.safetensors"], "linearized", "cli"),
+    ("export-crafted", ["export", "{ws}/ex.safetensors", "--suite", "synthetic", "--format", "safetensors",
+                        "--vector", "{ws}/meta_list.safetensors"], "JSON list", "cli"),
+    ("export-no-model", ["export", "{ws}/ex", "--vector", T0], "--suite", "cli"),
+    ("export-format", ["export", "{ws}/ex", "--suite", "synthetic", "--format", "onnx"], "--format", "cli"),
+    ("export-hf-without-transformers", ["export", "{ws}/ex", "--suite", "synthetic", "--vector", T0],
+     "no single transformers model", "cli"),
+    ("export-out-exists", ["export", "{ws}/adir", "--suite", "synthetic", "--format", "checkpoints", "--vector", T0],
+     "--force", "cli"),
 ]
 
 

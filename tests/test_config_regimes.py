@@ -69,10 +69,11 @@ def test_a_config_cannot_run_another_regime():
 
 
 def test_recipe_keeps_the_fields_each_regime_has():
-    recipe = dict(steps=5, beta_teacher=3.0, beta_student=2.0, lora_lr=1e-3, taujp_batch_size=4)
+    recipe = dict(steps=5, beta_teacher=3.0, beta_student=2.0, lora_lr=1e-3, taujp_batch_size=4, taujp_lambda=0.5)
     assert not hasattr(recipe_config("nonlinear", **recipe), "beta_teacher")
     tj = recipe_config("taujp", **recipe)
-    assert (tj.steps, tj.beta_teacher, tj.taujp_batch_size) == (5, 3.0, 4)
+    assert (tj.steps, tj.taujp_lambda, tj.taujp_batch_size) == (5, 0.5, 4)
+    assert not hasattr(tj, "beta_teacher")  # τJp's λ is its own field (taujp_lambda), not DELTA's β_T
     assert recipe_config("delta-lora", **recipe).lora_lr == 1e-3
     with pytest.raises(DeltaMergeError, match="no regime has them"):
         recipe_config("delta", **recipe, betta=1.0)

@@ -42,8 +42,7 @@ def _random_vector(backbone: Backbone, scale: float, kind: str = "nonlinear", se
 
 
 def _materialised(backbone: Backbone, tv: TaskVector | None, alpha: float = 1.0) -> Backbone:
-    model = copy.deepcopy(backbone)
-    return tv.apply_to(model, alpha) if tv is not None else model
+    return tv.applied(backbone, alpha) if tv is not None else copy.deepcopy(backbone)
 
 
 def _data(n: int = 12, d: int = 8, seed: int = 0, classes: int = 3) -> ArrayDataset:

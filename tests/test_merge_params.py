@@ -49,8 +49,12 @@ def test_tsv_rank_fraction_is_taken_from_python():
 def test_unknown_or_invalid_parameter_is_one_clear_error():
     with pytest.raises(DeltaMergeError, match="merge method 'ties' has no parameter 'densty' .its parameters: density"):
         get_method("ties", densty=0.2)
-    with pytest.raises(DeltaMergeError, match="'isoc' has no parameter 'density' .it takes none"):
+    with pytest.raises(DeltaMergeError, match="'task-arithmetic' has no parameter 'density' .it takes none"):
+        get_method("task-arithmetic", density=0.2)
+    with pytest.raises(DeltaMergeError, match="'isoc' has no parameter 'density' .its parameters: conv_kernels"):
         get_method("isoc", density=0.2)
+    with pytest.raises(DeltaMergeError, match="invalid parameter of merge method 'tsv': conv_kernels"):
+        get_method("tsv", conv_kernels="median")
     with pytest.raises(DeltaMergeError, match="invalid parameter of merge method 'ties': density"):
         get_method("ties", density=1.5)
 

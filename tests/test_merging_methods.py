@@ -203,3 +203,33 @@ def test_cli_merge_with_each_method(tmp_path):
         expected = get_method(method).prepare([TaskVector.load(p) for p in paths]).apply(0.5)
         assert torch.allclose(TaskVector.load(out).deltas["w"], expected.deltas["w"])
         assert TaskVector.load(out).meta["method"] == method
+
+
+# ---- conv kernels and per-method α grids -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tsv", "isoc"])
+def test_conv_kernels_are_averaged_by_default_and_svd_merged_as_an_option(name):
+    """The TSV-M / Iso-C authors average every non-2-D tensor, conv kernels included; ``conv_kernels="svd"`` merges
+    the flattened [out, in·k·k] matrix instead."""
+    g = torch.Generator().manual_seed(3)
+    vecs = [_tv({"conv": torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64),
+                 "lin": torch.randn(5, 3, generator=g, dtype=torch.float64)}) for _ in range(3)]
+    convs = [v.deltas["conv"] for v in vecs]
+    out = METHODS[name]().merge(vecs)
+    assert torch.allclose(out.deltas["conv"], torch.stack(convs).mean(0))
+    flat = [c.flatten(1) for c in convs]
+    want = tsv_merge(flat) if name == "tsv" else isotropic(torch.stack(flat).sum(0))
+    svd = METHODS[name](conv_kernels="svd").merge(vecs)
+    assert torch.allclose(svd.deltas["conv"], want.view(6, 4, 3, 3))
+    assert torch.allclose(svd.deltas["lin"], out.deltas["lin"]) and out.meta["conv_kernels"] == "average"
+    with pytest.raises(DeltaMergeError, match="conv_kernels"):
+        METHODS[name](conv_kernels="flatten")
+
+
+def test_each_method_has_its_own_alpha_grid():
+    from deltamerge.config import EvalConfig
+
+    cfg = EvalConfig()
+    assert cfg.grid_for("tsv") == cfg.grid_for("isoc") == [round(0.1 * i, 2) for i in range(1, 31)]
+    assert cfg.grid_for("ties") == [round(0.8 + 0.1 * i, 2) for i in range(18)]
+    assert cfg.grid_for("task-arithmetic") == cfg.alpha_grid
+    assert EvalConfig(alpha_grids={"tsv": [0.5, 2.0]}).grid_for("tsv") == [0.5, 2.0]

@@ -54,16 +54,42 @@ def test_round_trip_and_validation(tmp_path):
         TaskVector.load(tmp_path / "missing.safetensors")
 
 
-def test_apply_to_materialises_weights():
+def test_applied_returns_a_new_model_and_leaves_the_input_untouched():
+    """Issue 12: apply_to mutated the model it was given; applied() copies, apply_in_place says what it does."""
     model = ToyMLP()
     from deltamerge.artifacts import fingerprint
 
-    tv = TaskVector({"fc1.bias": torch.ones(16)}, fingerprint(model), "nonlinear")
+    fp0 = fingerprint(model)
+    tv = TaskVector({"fc1.bias": torch.ones(16)}, fp0, "nonlinear")
     before = model.fc1.bias.detach().clone()
-    tv.apply_to(model, alpha=0.5)
-    assert torch.allclose(model.fc1.bias, before + 0.5)
+    merged = tv.applied(model, alpha=0.5)
+    assert merged is not model
+    assert torch.equal(model.fc1.bias, before) and fingerprint(model) == fp0
+    assert torch.allclose(merged.fc1.bias, before + 0.5)
+    assert not hasattr(TaskVector, "apply_to")
+    same = tv.apply_in_place(model, alpha=0.5)
+    assert same is model and torch.allclose(model.fc1.bias, before + 0.5)
     with pytest.raises(DeltaMergeError, match="linearized"):
-        TaskVector(tv.deltas, tv.base_fingerprint, "linear").apply_to(model)
+        TaskVector(tv.deltas, tv.base_fingerprint, "linear").applied(model)
+
+
+def test_fingerprint_follows_the_weights_and_a_merged_model_is_not_accepted_as_base(tmp_path):
+    """Issue 12: fingerprint() was cached on the module, so a model edited in place kept θ0's fingerprint and was
+    accepted as the base of a task vector."""
+    from deltamerge.artifacts import fingerprint
+
+    model = ToyMLP()
+    fp0 = fingerprint(model)
+    tv = TaskVector({"fc1.bias": torch.ones(16)}, fp0, "nonlinear")
+    tv.save(tmp_path / "tv.safetensors")
+    before = model.fc1.bias.detach().clone()
+    tv.apply_in_place(model, 1.0)
+    assert fingerprint(model) != fp0
+    with pytest.raises(DeltaMergeError, match="wrong base model"):
+        TaskVector.load(tmp_path / "tv.safetensors", fingerprint(model))
+    with torch.no_grad():
+        model.fc1.bias.copy_(before)
+    assert fingerprint(model) == fp0
 
 
 def test_lora_factors_roundtrip_scale_and_validation(tmp_path):

@@ -23,18 +23,20 @@ FORMAT_VERSION = "1"
 
 
 def fingerprint(module: nn.Module) -> str:
-    """sha256 (first 16 hex digits) over names, shapes, dtypes and bytes of all parameters and buffers."""
-    cached = getattr(module, "_deltamerge_fingerprint", None)
-    if cached is not None:
-        return cached
+    """sha256 (first 16 hex digits) over names, shapes, dtypes and bytes of all parameters and buffers.
+
+    Computed from the weights on every call, never cached on the module: a model edited in place (a merged model)
+    must not keep reporting θ0's fingerprint. A ``deltamerge.wrap``-ed model has the fingerprint of the model inside
+    (``fingerprint_module``), so vectors trained through the wrapper can be checked against the raw model."""
+    inner = getattr(module, "fingerprint_module", None)
+    if callable(inner):
+        module = inner()
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    digest = h.hexdigest()[:16]
-    module._deltamerge_fingerprint = digest  # the backbone's θ0 never changes in place: parameters are trained as τ
-    return digest
+    return h.hexdigest()[:16]
 
 
 def artifact_writer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Callable[[Path], None]:

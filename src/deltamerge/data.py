@@ -7,10 +7,12 @@ shared first dimension (token ids and attention masks). Labels are ``int64[N]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 import torch
 from torch import Tensor
+
+from deltamerge.errors import DeltaMergeError
 
 Inputs = Union[Tensor, dict[str, Tensor]]
 
@@ -34,6 +36,31 @@ def num_rows(inputs: Inputs) -> int:
     return len(inputs)
 
 
+def refuse_column(obj: Any, what: str) -> None:
+    if type(obj).__module__.startswith("datasets.") and type(obj).__name__ == "Column":
+        raise DeltaMergeError(f"{what}: got one column of a datasets.Dataset; pass the Dataset itself with "
+                              "columns={'inputs': <input column(s)>, 'labels': <label column>}")
+
+
+def as_labels(labels: Any, what: str = "labels") -> Tensor:
+    """Labels as ``int64[N]``: a tensor, list or numpy array of class indices."""
+    refuse_column(labels, what)
+    if isinstance(labels, Tensor):
+        t = labels
+    elif isinstance(labels, (list, tuple)) or type(labels).__module__ == "numpy":
+        try:
+            t = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DeltaMergeError(f"{what}: cannot turn {type(labels).__name__} into class indices ({exc})") from None
+    else:
+        raise DeltaMergeError(f"{what} must be class indices (tensor, list or numpy array), got "
+                              f"{type(labels).__name__}")
+    if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise DeltaMergeError(f"{what} must be a 1-D integer tensor of class indices, got {t.dtype} "
+                              f"{tuple(t.shape)}")
+    return t.to(torch.int64)
+
+
 @dataclass
 class ArrayDataset:
     """A labelled split held in memory."""
@@ -42,6 +69,9 @@ class ArrayDataset:
     labels: Tensor
 
     def __post_init__(self) -> None:
+        refuse_column(self.inputs, "ArrayDataset inputs")
+        if not isinstance(self.labels, Tensor):  # lists / numpy arrays of class indices; a datasets Column is refused
+            self.labels = as_labels(self.labels, "ArrayDataset labels")
         if num_rows(self.inputs) != len(self.labels):
             raise ValueError(f"inputs have {num_rows(self.inputs)} rows but labels {len(self.labels)}")
 

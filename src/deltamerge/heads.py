@@ -6,9 +6,16 @@ and the features are centred on the mean of the shot set first (post-activation 
 uncentred cosines are nearly equal). The temperature s of the cosine logits is fitted by a 1-D search minimising
 cross-entropy on held-out training examples (not the shots, which a large s separates perfectly), within CLIP's
 range s ≤ 100. Everything is computed once at θ0 and frozen, as zero-shot heads are.
+
+Heads are frozen by design (the paper's setting: task vectors live in the backbone, the classifier is the zero-shot
+head of the pre-trained model), so ``train()`` refuses a head with trainable parameters. Public builders:
+:func:`prototype_head` (from features), :func:`few_shot_head` (from a model and labelled data) and
+:func:`zero_shot_head` (from any text embedder, class names and prompt templates).
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +23,37 @@ from torch import Tensor
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset
+from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation.accuracy import features_along
+
+
+def check_frozen_head(head: Any) -> None:
+    """Refuse a head the trainers would silently leave untouched: heads are frozen in the paper's setting."""
+    if not isinstance(head, torch.nn.Module):
+        raise DeltaMergeError(f"the head must be an nn.Module mapping features [B, D] to logits, got "
+                              f"{type(head).__name__} (build one with deltamerge.prototype_head / few_shot_head / "
+                              "zero_shot_head)")
+    trainable = [n for n, p in head.named_parameters() if p.requires_grad]
+    if trainable:
+        raise DeltaMergeError(f"the head has trainable parameters ({', '.join(trainable[:4])}): heads are frozen "
+                              "in the paper's setting (zero-shot / prototype classifiers fixed at θ0; only the "
+                              "backbone's task vector is learned). Freeze it (head.requires_grad_(False)) or build "
+                              "one with deltamerge.prototype_head / few_shot_head / zero_shot_head")
+
+
+def zero_shot_head(embed: Callable[[list[str]], Tensor], class_names: list[str], templates: list[str],
+                   scale: float = 100.0) -> Head:
+    """CLIP-style zero-shot head: w_c = n(mean_t n(embed(template_t(c)))), logits = s·⟨n(f), w_c⟩.
+
+    ``embed`` maps prompts to text embeddings ``[len(prompts), E]`` in the image features' space (e.g. CLIP's
+    projected text features); ``scale`` is CLIP's exp(logit_scale) (100 for the released models)."""
+    if not class_names or not templates:
+        raise DeltaMergeError("a zero-shot head needs class names and templates")
+    prompts = [t.format(c) for c in class_names for t in templates]
+    with torch.no_grad():
+        emb = F.normalize(torch.as_tensor(embed(prompts)).float(), dim=-1)
+    weight = F.normalize(emb.view(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
+    return Head(weight, normalize=True, scale=scale)
 
 
 def few_shot_indices(labels: Tensor, num_classes: int, shots: int, seed: int = 0) -> Tensor:
@@ -29,9 +66,13 @@ def few_shot_indices(labels: Tensor, num_classes: int, shots: int, seed: int = 0
 
 
 def prototype_head(features: Tensor, labels: Tensor, num_classes: int, calib_features: Tensor | None = None,
-                   calib_labels: Tensor | None = None, max_scale: float = 100.0) -> Head:
+                   calib_labels: Tensor | None = None, max_scale: float = 100.0, prenormalize: bool = False) -> Head:
     """Cosine-prototype head from shot features [N, D] and labels [N]; temperature fitted on the calibration set
-    (the shots themselves when none is given)."""
+    (the shots themselves when none is given). ``prenormalize``: built on n(f) (centre, prototypes), for runs in
+    the normalised feature space (see ``feature_space``)."""
+    if prenormalize:
+        features = F.normalize(features, dim=-1)
+        calib_features = None if calib_features is None else F.normalize(calib_features, dim=-1)
     center = features.mean(0)
     z = F.normalize(features - center, dim=-1)
     protos = F.normalize(torch.stack([z[labels == c].mean(0) for c in range(num_classes)]), dim=-1)
@@ -40,12 +81,18 @@ def prototype_head(features: Tensor, labels: Tensor, num_classes: int, calib_fea
     cos = F.normalize(calib_features - center, dim=-1) @ protos.T
     scales = torch.logspace(0, float(torch.log10(torch.tensor(max_scale))), 41)
     losses = torch.stack([F.cross_entropy(s * cos, calib_labels) for s in scales])
-    return Head(protos, center=center, normalize=True, scale=float(scales[losses.argmin()]))
+    return Head(protos, center=center, normalize=True, scale=float(scales[losses.argmin()]), prenormalize=prenormalize)
 
 
-def few_shot_head(backbone: Backbone, train: ArrayDataset, num_classes: int, shots: int, seed: int = 0,
-                  device: str | torch.device = "cpu", calibration: int = 512) -> Head:
-    """Prototypes from ``shots`` examples per class; temperature from up to ``calibration`` other train examples."""
+def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: int | None = None, shots: int = 16,
+                  seed: int = 0, device: str | torch.device = "cpu", calibration: int = 512,
+                  prenormalize: bool = False) -> Head:
+    """Prototypes from ``shots`` examples per class; temperature from up to ``calibration`` other train examples.
+    ``train``: any labelled source ``deltamerge.data_sources.as_dataset`` accepts."""
+    from deltamerge.data_sources import as_dataset
+
+    train = as_dataset(train, what="few-shot head data")
+    num_classes = int(train.labels.max()) + 1 if num_classes is None else num_classes
     shot_idx = few_shot_indices(train.labels, num_classes, shots, seed)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[shot_idx] = False
@@ -54,4 +101,4 @@ def few_shot_head(backbone: Backbone, train: ArrayDataset, num_classes: int, sho
     feats = features_along(backbone, train.subset(torch.cat([shot_idx, calib_idx])), None, [1.0], device=device)[1.0]
     k = len(shot_idx)
     calib = (feats[k:], train.labels[calib_idx]) if len(calib_idx) else (None, None)
-    return prototype_head(feats[:k], train.labels[shot_idx], num_classes, *calib)
+    return prototype_head(feats[:k], train.labels[shot_idx], num_classes, *calib, prenormalize=prenormalize)

@@ -66,18 +66,38 @@ def require_hub(what: str) -> None:
         raise DeltaMergeError(offline_message(what, reason))
 
 
+def access_message(what: str, page: str, reason: str) -> str:
+    return (f"{what}: access refused ({reason}). Accept the dataset's terms on its page ({page}), then "
+            "`huggingface-cli login`")
+
+
+_REFUSED = ("gated", "must be authenticated", "401 client error", "403 client error", "access to this resource",
+            "is restricted", "cannot be accessed")
+
+
+def _refused(name: str, text: str) -> bool:
+    """A gated / private repository the user may not read yet (huggingface_hub's GatedRepoError, datasets'
+    DatasetNotFoundError "is a gated dataset ..." / "... cannot be accessed", HTTP 401/403)."""
+    return name in ("GatedRepoError", "RepositoryNotFoundError") or any(k in text.lower() for k in _REFUSED)
+
+
 @contextlib.contextmanager
-def hub_errors(what: str):
-    """Turn download failures of ``transformers`` / ``datasets`` (offline cache misses, lost connections) into the
-    offline message; other errors pass through."""
+def hub_errors(what: str, repo: str | None = None, kind: str = "datasets"):
+    """Turn download failures of ``transformers`` / ``datasets`` into one message: access refused (gated data sets:
+    accept the terms, log in) or hub not reachable (offline cache misses, lost connections); other errors pass
+    through. ``repo`` names the page to accept the terms on (``kind``: "datasets" or "models")."""
     try:
         yield
     except DeltaMergeError:
         raise
-    except (OSError, ConnectionError, TimeoutError) as exc:
-        raise DeltaMergeError(offline_message(what, f"{type(exc).__name__}: {exc}")) from exc
-    except Exception as exc:  # datasets raises its own classes (e.g. DatasetNotFoundError) on cache misses
-        name = type(exc).__name__
-        if "NotFound" in name or "Connection" in name or "Offline" in name or "Hub" in name:
-            raise DeltaMergeError(offline_message(what, f"{name}: {exc}")) from exc
+    except Exception as exc:  # noqa: BLE001 - classified below; anything else is re-raised unchanged
+        name, text = type(exc).__name__, str(exc)
+        reason = f"{name}: {text.splitlines()[0] if text else ''}"
+        network = isinstance(exc, (ConnectionError, TimeoutError)) or "Connection" in name or "Offline" in name \
+            or "Timeout" in name
+        if not network and not offline_mode() and _refused(name, text):
+            page = f"https://huggingface.co/{kind + '/' if kind == 'datasets' else ''}{repo}" if repo else "the hub"
+            raise DeltaMergeError(access_message(what, page, reason)) from exc
+        if network or isinstance(exc, OSError) or "NotFound" in name or "Hub" in name:
+            raise DeltaMergeError(offline_message(what, reason)) from exc
         raise

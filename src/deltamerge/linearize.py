@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from deltamerge.backbones.base import Backbone
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import apply_transform
 
 Params = dict[str, Tensor]
 
@@ -29,16 +30,19 @@ _FUSED_ATTENTION_HINT = (
 class FunctionalModel:
     """A backbone with frozen base weights θ0 for the parameters in ``names``.
 
-    ``features(x, tau, alpha)`` = f(x; θ0 + α·τ); ``linearized(x, tau)`` = (f0, J·τ) from one ``jvp``.
+    ``features(x, tau, alpha)`` = f(x; θ0 + α·τ); ``linearized(x, tau)`` = (f0, J·τ) from one ``jvp``. With
+    ``transform="normalize"`` f is replaced by g = n∘f throughout (see ``feature_space``): the jvp is that of n∘f.
     """
 
-    def __init__(self, backbone: Backbone, names: list[str]) -> None:
+    def __init__(self, backbone: Backbone, names: list[str], transform: str = "identity") -> None:
         params = dict(backbone.named_parameters())
         missing = [n for n in names if n not in params]
         if missing:
             raise DeltaMergeError(f"unknown parameter names for {backbone.name}: {missing[:5]}")
         self.backbone = backbone.eval()
         self.names = list(names)
+        self.transform = transform
+        apply_transform(torch.zeros(1, 1), transform)  # validates the name
         self.base: Params = {n: params[n].detach() for n in self.names}
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -55,14 +59,15 @@ class FunctionalModel:
 
     def features(self, inputs: Inputs, tau: Params | None = None, alpha: float | Tensor = 1.0) -> Tensor:
         """f(x; θ0 + α·τ): the non-linear model at a point of the path."""
-        return functional_call(self.backbone, self.point(tau, alpha), (inputs,))
+        return apply_transform(functional_call(self.backbone, self.point(tau, alpha), (inputs,)), self.transform)
 
     def linearized(self, inputs: Inputs, tau: Params) -> tuple[Tensor, Tensor]:
         """(f(x; θ0), J f(x; θ0)·τ) from one forward-mode pass; f_lin(x; θ0 + α·τ) = f0 + α·Jτ.
 
         Differentiable with respect to τ (reverse-over-forward), constant in θ0.
         """
-        fn: Callable[[Params], Tensor] = lambda p: functional_call(self.backbone, p, (inputs,))
+        fn: Callable[[Params], Tensor] = \
+            lambda p: apply_transform(functional_call(self.backbone, p, (inputs,)), self.transform)
         tangents = {n: tau[n] for n in self.names}
         try:
             # SDPA's fused kernels have no forward-mode AD: the jvp alone runs SDPA's math kernel, so a backbone

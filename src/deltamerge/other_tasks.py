@@ -31,9 +31,16 @@ class OtherTasks:
         self.cache_dir, self.log = Path(cache_dir), log
         self._kfac: dict[str, Curvature] = {}
         self._builders: dict[str, Callable[[list[str]], TrainContext]] = {
-            "inputs": lambda others: TrainContext(other_inputs={n: self.tasks[n].train.inputs for n in others}),
+            "inputs": lambda others: TrainContext(other_inputs={n: self.tasks[n].train.inputs for n in others},
+                                                  reference=self.reference()),
             "kfac": lambda others: TrainContext(other_curvatures={n: self.kfac(n) for n in others}),
         }
+
+    def reference(self):
+        """The suite's reference inputs (built once; τJp's control-domain term)."""
+        if not hasattr(self, "_reference"):
+            self._reference = self.suite.reference(self.preset)
+        return self._reference
 
     def context(self, kind: str, task: str) -> TrainContext:
         """The ``kind`` ("inputs" or "kfac") context for training ``task`` against every other task."""

@@ -27,6 +27,7 @@ from deltamerge.data import ArrayDataset, Task
 from deltamerge.errors import DeltaMergeError, validation_message
 from deltamerge.evaluation import diagnostics as metrics
 from deltamerge.evaluation.accuracy import cap
+from deltamerge.feature_space import common_transform
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
 
@@ -163,10 +164,15 @@ def localization(ctx: DiagContext) -> dict:
     (paper Fig. 5 / 16)."""
     train = ctx.splits("train", ctx.dcfg.max_examples)
     bb, bs, dev = ctx.loaded.backbone, ctx.dcfg.batch_size, ctx.device
-    base = {s: metrics.features_at(bb, d, [], [[]], bs, dev)[0] for s, d in train.items()}  # f(x; θ0), once
+    bases: dict[str, dict] = {}  # g(x; θ0) per feature transform, computed once
     out = {"tasks": ctx.task_names, "regimes": {}}
     for regime in ctx.paths:
         per_task = {}
+        space = common_transform(ctx.vectors(regime).values())
+        if space not in bases:
+            bases[space] = {s: metrics.features_at(bb, d, [], [[]], bs, dev, transform=space)[0]
+                            for s, d in train.items()}
+        base = bases[space]
         for t, vec in ctx.vectors(regime).items():
             dist = {s: metrics.edit_distance(bb, vec, d, bs, dev, base=base[s]).tolist() for s, d in train.items()}
             per_task[t] = {"in_domain": _rounded(dist[t]),

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from deltamerge.artifacts import artifact_writer, check_base, load_artifact, require_meta, save_artifact
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import vector_transform
 
 KINDS = ("nonlinear", "linear")
 _LORA_A, _LORA_B = "lora_A::", "lora_B::"  # tensor-name prefixes of LoRA factors in a saved task vector
@@ -60,6 +61,8 @@ class TaskVector:
                 raise DeltaMergeError(f"shape mismatch for '{n}': {tuple(t.shape)} vs {tuple(other.deltas[n].shape)}")
 
     def _derived(self, deltas: dict[str, Tensor], **meta: Any) -> "TaskVector":
+        if vector_transform(self) != "identity":  # a combination is evaluated in the feature space it came from
+            meta.setdefault("feature_transform", vector_transform(self))
         return TaskVector(deltas, self.base_fingerprint, self.kind, meta)
 
     def __add__(self, other: "TaskVector") -> "TaskVector":
@@ -111,16 +114,47 @@ class TaskVector:
                 raise DeltaMergeError(f"shape mismatch for '{n}': vector {tuple(t.shape)}, "
                                       f"model {tuple(params[n].shape)}")
 
-    def apply_to(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
-        """θ ← θ0 + α·τ in place (materialised weights, e.g. to export a merged model). Returns ``model``."""
+    def _resolve_names(self, model: nn.Module) -> dict[str, str]:
+        """Vector name -> model parameter name: identical, or without the ``model.`` prefix of a ``deltamerge.wrap``
+        -ed model when ``model`` is the raw model the wrapper held."""
+        from deltamerge.model import PREFIX
+
+        params = dict(model.named_parameters())
+        out = {}
+        for n in self.deltas:
+            m = n if n in params else (n[len(PREFIX):] if n.startswith(PREFIX) else n)
+            if m not in params:
+                raise DeltaMergeError(f"task vector names parameter '{n}', which this model does not have")
+            if params[m].shape != self.deltas[n].shape:
+                raise DeltaMergeError(f"shape mismatch for '{n}': vector {tuple(self.deltas[n].shape)}, "
+                                      f"model {tuple(params[m].shape)}")
+            out[n] = m
+        return out
+
+    def _check_weight_edit(self) -> None:
         if self.kind != "nonlinear":
             raise DeltaMergeError("a linear (tangent-space) task vector is not a weight edit of the plain model; "
                                   "evaluate it with the linearized model (deltamerge evaluate does this)")
+
+    def apply_in_place(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
+        """θ ← θ + α·τ, modifying ``model``'s own weights (prefer :meth:`applied`). Returns ``model``."""
+        self._check_weight_edit()
+        names = self._resolve_names(model)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for n, t in self.deltas.items():
-                params[n].add_(alpha * t.to(params[n].device, params[n].dtype))
+                p = params[names[n]]
+                p.add_(alpha * t.to(p.device, p.dtype))
         return model
+
+    def applied(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
+        """A NEW model with weights θ0 + α·τ (a deep copy; ``model`` is left untouched). ``model`` may be the
+        wrapped model the vector was trained on or the raw model inside the wrapper."""
+        import copy
+
+        self._check_weight_edit()  # checked before the (possibly large) copy
+        self._resolve_names(model)
+        return self.apply_in_place(copy.deepcopy(model), alpha)
 
     # ---- persistence -----------------------------------------------------------------------------------------
     def _payload(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

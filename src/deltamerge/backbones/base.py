@@ -48,18 +48,21 @@ class Backbone(nn.Module):
 
 
 class Head(nn.Module):
-    """Frozen classifier on backbone features: ``logits = s · W · n(f − c) + b``.
+    """Frozen classifier on backbone features: ``logits = s · W · n(p(f) − c) + b``.
 
-    ``n`` is L2 normalisation when ``normalize`` is set (CLIP zero-shot heads and prototype heads), identity otherwise.
+    ``n`` is L2 normalisation when ``normalize`` is set (CLIP zero-shot heads and prototype heads), identity otherwise;
+    ``p`` is L2 normalisation when ``prenormalize`` is set (a prototype head built on normalised features: then
+    head(f) = head(n(f)), so it accepts the n∘f feature space of ``feature_space``), identity otherwise.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, center: Tensor | None = None,
-                 normalize: bool = False, scale: float = 1.0) -> None:
+                 normalize: bool = False, scale: float = 1.0, prenormalize: bool = False) -> None:
         super().__init__()
         self.register_buffer("weight", weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("center", None if center is None else center.detach().clone())
         self.normalize = normalize
+        self.prenormalize = prenormalize
         self.scale = float(scale)
 
     @property
@@ -67,6 +70,8 @@ class Head(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, features: Tensor) -> Tensor:
+        if self.prenormalize:
+            features = F.normalize(features, dim=-1)
         if self.center is not None:
             features = features - self.center
         if self.normalize:
@@ -79,6 +84,8 @@ class Head(nn.Module):
     def state(self) -> dict[str, Tensor]:
         """Tensors and settings as a flat dict of tensors (for safetensors)."""
         out = {"weight": self.weight, "scale": torch.tensor(self.scale), "normalize": torch.tensor(int(self.normalize))}
+        if self.prenormalize:
+            out["prenormalize"] = torch.tensor(1)
         if self.bias is not None:
             out["bias"] = self.bias
         if self.center is not None:
@@ -88,4 +95,5 @@ class Head(nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> "Head":
         return cls(state["weight"], state.get("bias"), state.get("center"),
-                   normalize=bool(int(state["normalize"])), scale=float(state["scale"]))
+                   normalize=bool(int(state["normalize"])), scale=float(state["scale"]),
+                   prenormalize=bool(int(state.get("prenormalize", torch.tensor(0)))))

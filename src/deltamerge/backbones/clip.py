@@ -89,6 +89,7 @@ class CLIPVision(Backbone):
         super().__init__()
         check_eager(clip_model, "CLIP")
         self.name = name
+        self.projection_module = "visual_projection"  # down-weighted in TAK's penalty (training/penalty_scaling.py)
         self.vision_model = clip_model.vision_model
         self.visual_projection = clip_model.visual_projection
         self.image_size = int(clip_model.config.vision_config.image_size)

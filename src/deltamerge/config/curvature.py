@@ -18,9 +18,15 @@ class CurvatureConfig(Strict):
     num_examples: Optional[int] = Field(None, ge=1)  # subsample the reference set (None = all)
     batch_size: int = Field(64, ge=1)
     kfac_approx: Literal["auto", "expand", "reduce"] = "auto"  # auto: reduce for token inputs, expand for images
+    # token inputs (curvature/token_layers.py): padding positions left out of the input factor; attention key layers
+    # estimated with KFAC-expand ("same": with kfac_approx, where "reduce" leaves them no curvature)
+    mask_padding: bool = True
+    attention_keys: Literal["expand", "same"] = "expand"
     include_bias: bool = True
     joint_bias: bool = True  # one block for [W | b] (keeps weight–bias cross terms); False: separate bias blocks
     jitter: float = Field(1e-6, ge=0)
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    # the GGN of g = T∘f (feature_space.py): identity (f) or normalize (n∘f, the DELTA authors' code)
+    feature_transform: Literal["identity", "normalize"] = "identity"

@@ -23,6 +23,15 @@ class TiesParams(Strict):
 class TSVParams(Strict):
     rank_fraction: Optional[float] = Field(None, gt=0, le=1, description="fraction f of each task's singular "
                                            "triplets kept per layer (None: 1/T, the paper's choice)")
+    conv_kernels: Literal["average", "svd"] = Field(
+        "average", description="conv kernels averaged (the authors' rule for every non-2-D tensor) or merged as "
+        "the matrix [out, in·k·k]")
+
+
+class IsoCParams(Strict):
+    conv_kernels: Literal["average", "svd"] = Field(
+        "average", description="conv kernels averaged (the authors' rule for every non-2-D tensor) or merged as "
+        "the matrix [out, in·k·k]")
 
 
 class CoreParams(Strict):
@@ -31,7 +40,7 @@ class CoreParams(Strict):
 
 
 MERGE_PARAMS: dict[str, type[BaseModel]] = {
-    "task-arithmetic": NoParams, "ties": TiesParams, "tsv": TSVParams, "isoc": NoParams, "core": CoreParams,
+    "task-arithmetic": NoParams, "ties": TiesParams, "tsv": TSVParams, "isoc": IsoCParams, "core": CoreParams,
     "core-isoc": CoreParams}
 
 

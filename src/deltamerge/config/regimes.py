@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from deltamerge.config.shared import Strict
 from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
@@ -44,6 +44,9 @@ class BaseTrainConfig(Strict):
     progress: bool = True
     # divergence: stop when ‖τ‖/‖θ0‖ exceeds this (training/safety.py); None disables the check
     max_update_ratio: Optional[float] = Field(10.0, gt=0)
+    # feature space of the regime's losses, linearization and penalties (feature_space.py): f, or n∘f = f/‖f‖
+    # (the DELTA authors distill and penalise on normalised CLIP features; the teacher linearizes n∘f)
+    feature_transform: Literal["identity", "normalize"] = "identity"
 
 
 # ---- groups of settings, mixed into the regimes that read them ------------------------------------------------------
@@ -69,8 +72,25 @@ class DeltaSettings(PenaltySchedule):
     alpha_low: float = 0.5
     alpha_high: float = 1.0
     student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
+    teacher_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at f_lin(θ_T); released code: at f0 + α·Jτ_T
+    projection_penalty_scale: float = Field(1.0, ge=0)  # DELTA drift: output projection's block ×this (released 0.1)
+    dense_norm_blocks: bool = False  # released code: LayerNorm/class embedding with dense curvature ×10 (raises:
+    #                                  not implemented, see training/profiles.py)
+    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (training/profiles.py)
     kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
     penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data: Any) -> Any:
+        """The profile's switches filled in where the user set none (only those this regime's class has)."""
+        from deltamerge.training.profiles import PROFILES, expand_profile
+
+        if not isinstance(data, dict):
+            return data
+        full = expand_profile(data)
+        bundle = PROFILES.get(full.get("profile", "paper"), {})
+        return {k: v for k, v in full.items() if k in data or k not in bundle or k in cls.model_fields}
 
 
 class LoRASettings(BaseModel):
@@ -85,9 +105,7 @@ class LoRASettings(BaseModel):
 
 
 class InterferencePenalty(PenaltySchedule):
-    """τJp / TAK: linear fine-tuning plus λ·(drift on the other tasks); λ is ``beta_teacher``."""
-
-    beta_teacher: float = Field(500.0, ge=0)  # λ, the weight of the other tasks' drift penalty
+    """τJp / TAK: linear fine-tuning plus λ·(drift on the other tasks); each regime has its own λ (the authors')."""
 
 
 # ---- one class per regime ---------------------------------------------------------------------------------------------
@@ -127,6 +145,10 @@ class DeltaLoRAConfig(LoRASettings, DeltaSettings, Trainable, BaseTrainConfig):
     """DELTA with a LoRA student and a full fine-tuning linearized teacher."""
 
     regime: Literal["delta-lora"] = "delta-lora"
+    delta_lora_teacher: Literal["full", "lora"] = "full"  # teacher: full FT (paper) / LoRA (authors' code: r 16,
+    #                                                        α 16, teacher_lr 3e-4)
+    teacher_lr: Optional[float] = Field(None, gt=0)  # the LoRA teacher's lr (None: lora_lr, else lr)
+    lora_linear_space: Literal["adapter", "weight"] = "adapter"  # the LoRA teacher's tangent space (as lora-linear)
 
 
 class AttnOnlyConfig(BaseTrainConfig):
@@ -150,6 +172,10 @@ class TauJpConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     """τJp (Yoshida et al., 2025): linear FT + λ·‖J·τ‖² on the other tasks' inputs."""
 
     regime: Literal["taujp"] = "taujp"
+    # τJp (Yoshida et al.): own λ and form, defaults = the authors' (penalty_every applies)
+    taujp_lambda: float = Field(0.1, ge=0)  # λ of τJp
+    taujp_form: Literal["norm", "squared"] = "norm"  # norm: mean_x ‖J(x)τ‖ (authors); squared: mean_x ‖J(x)τ‖²
+    taujp_reference: bool = True  # also penalise the drift on the suite's reference/control inputs (authors: ImageNet)
     taujp_batch_size: int = Field(32, ge=1)  # inputs drawn per step from each other task
 
 
@@ -157,6 +183,8 @@ class TAKConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     """TAK: linear FT + λ·Σ τᵀ KFAC_t′ τ over the other tasks' curvatures."""
 
     regime: Literal["tak"] = "tak"
+    tak_lambda: float = Field(100.0, ge=0)  # λ of TAK (Porrello et al.; the authors' default)
+    tak_projection_scale: float = Field(0.01, ge=0)  # TAK: the output projection's KFAC block ×this (authors: 0.01)
 
 
 REGIME_CONFIGS: dict[str, type[BaseTrainConfig]] = {
@@ -228,7 +256,8 @@ def with_overrides(cfg: BaseTrainConfig, overrides: dict[str, Any]) -> BaseTrain
     """``cfg`` with ``overrides`` applied and validated (a field the regime lacks, or a new regime, is an error)."""
     if "regime" in overrides and overrides["regime"] != cfg.regime:
         raise DeltaMergeError(f"an override cannot change the regime ('{cfg.regime}' → '{overrides['regime']}')")
-    return parse_train_config({**cfg.model_dump(), **overrides})
+    # exclude_unset: a profile named in the overrides fills every switch neither the recipe nor the user set
+    return parse_train_config({**cfg.model_dump(exclude_unset=True), **overrides, "regime": cfg.regime})
 
 
 def as_train_config(cfg: BaseTrainConfig | dict[str, Any]) -> BaseTrainConfig:

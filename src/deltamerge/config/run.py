@@ -14,15 +14,32 @@ from deltamerge.config.shared import Strict
 from deltamerge.errors import DeltaMergeError
 
 
+def _steps(lo: float, hi: float, step: float = 0.1) -> list[float]:
+    return [round(lo + step * i, 2) for i in range(int(round((hi - lo) / step)) + 1)]
+
+
+AUTHORS_ALPHA_GRIDS = {"tsv": _steps(0.1, 3.0), "isoc": _steps(0.1, 3.0), "ties": _steps(0.8, 2.5)}
+QUICK_ALPHA_GRIDS = {"tsv": [0.2, 0.5, 1.0, 1.5, 2.0, 3.0], "isoc": [0.2, 0.5, 1.0, 1.5, 2.0, 3.0],
+                     "ties": [0.8, 1.2, 1.6, 2.0, 2.5]}
+
+
 class EvalConfig(Strict):
     """Evaluation protocols."""
 
     alpha_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 2) for i in range(1, 11)])
+    # per merge method α grids (addition), replacing alpha_grid for that method; defaults: the methods' authors'
+    # grids (TSV-M and Iso-C 0.1…3.0, TIES 0.8…2.5, step 0.1)
+    alpha_grids: dict[str, list[float]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in AUTHORS_ALPHA_GRIDS.items()})
     negation_grid: list[float] = Field(default_factory=lambda: [round(0.2 * i, 2) for i in range(1, 11)])
     control_threshold: float = Field(0.95, gt=0, le=1)  # negation: control ≥ threshold × pre-trained control
     batch_size: int = Field(256, ge=1)
     max_eval_examples: Optional[int] = Field(None, ge=1)
     device: str = "auto"
+
+    def grid_for(self, method: str) -> list[float]:
+        """The addition α grid of ``method`` (its own grid if ``alpha_grids`` names it, else ``alpha_grid``)."""
+        return list(self.alpha_grids.get(method, self.alpha_grid))
 
 
 DIAGNOSTIC_NAMES = ("disentanglement", "linearization", "localization", "alpha_sweep", "student_teacher")

@@ -24,8 +24,10 @@ from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature
 from deltamerge.curvature.sharded import all_reduce_corrections, all_reduce_factors, broadcast_eigenbases, \
     shard_reference
+from deltamerge.curvature.token_layers import MaskHolder, is_attention_key, masked_operator
 from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import output_transform_hook
 from deltamerge.lazy import is_token_inputs
 
 
@@ -41,8 +43,10 @@ class _Batches:
     """Re-iterable (x, zero targets) batches over the reference set, built lazily: curvlinops reads the data twice
     (factors, then eigenvalue correction) and a hub reference set does not fit in memory."""
 
-    def __init__(self, reference: Inputs, batch_size: int, device: torch.device, feature_dim: int) -> None:
+    def __init__(self, reference: Inputs, batch_size: int, device: torch.device, feature_dim: int,
+                 masks: MaskHolder | None = None) -> None:
         self.reference, self.batch_size, self.device, self.feature_dim = reference, batch_size, device, feature_dim
+        self.masks = masks  # receives each batch's attention_mask before curvlinops runs the forward
 
     def __len__(self) -> int:
         return -(-num_rows(self.reference) // self.batch_size)
@@ -52,6 +56,8 @@ class _Batches:
         for start in range(0, n, self.batch_size):
             idx = torch.arange(start, min(start + self.batch_size, n))
             x = to_device(take(self.reference, idx), self.device)
+            if self.masks is not None and isinstance(x, dict):
+                self.masks.mask = x.get("attention_mask")
             yield x, torch.zeros(len(idx), self.feature_dim, device=self.device)  # MSE targets: unused by the GGN
 
 
@@ -68,13 +74,22 @@ def _resolve_modules(backbone: Backbone, modules: list[str] | None) -> list[str]
 
 def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConfig,
                        modules: list[str] | None = None) -> Curvature:
-    """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs, for ``modules``
+    """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs (any source
+    ``data_sources.as_inputs`` accepts), for ``modules``
     (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes."""
     from curvlinops import EKFACLinearOperator, KFACLinearOperator
 
+    from deltamerge.data_sources import as_inputs
+    from deltamerge.model import as_backbone
+
+    reference = as_inputs(reference)
+    backbone = as_backbone(backbone, sample=lambda: take(reference, torch.arange(min(num_rows(reference), 2))))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     modules = _resolve_modules(backbone, modules)
+    split = _split_attention_keys(reference, cfg, modules)
+    if split is not None:  # keys with KFAC-expand, the rest with reduce: two estimates, one curvature
+        return _joined([estimate_curvature(backbone, reference, sub, mods) for sub, mods in split], cfg, backbone)
     n = num_rows(reference)
     if cfg.num_examples is not None and cfg.num_examples < n:
         g = torch.Generator().manual_seed(cfg.seed)
@@ -93,14 +108,19 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
         p.requires_grad_(True)
     is_dict = is_token_inputs(reference)
     approx = cfg.kfac_approx if cfg.kfac_approx != "auto" else ("reduce" if is_dict else "expand")
-    data = _Batches(shard_reference(reference), cfg.batch_size, device, backbone.feature_dim)  # N stays global
+    masks = MaskHolder() if is_dict and cfg.mask_padding else None
+    data = _Batches(shard_reference(reference), cfg.batch_size, device, backbone.feature_dim, masks)  # N stays global
     op_cls = EKFACLinearOperator if cfg.kind == "ekfac" else KFACLinearOperator
+    op_cls = masked_operator(op_cls) if masks is not None else op_cls
     op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=cfg.progress and is_main(),
                 check_deterministic=False, fisher_type="type-2" if cfg.probes == "exact" else "mc",
                 mc_samples=1 if cfg.probes == "exact" else cfg.mc_samples, kfac_approx=approx,
                 num_data=n, batch_size_fn=(lambda x: num_rows(x)) if is_dict else None,
                 separate_weight_and_bias=not cfg.joint_bias,
                 num_per_example_loss_terms=1)  # features [B, D]: one term per example; skips a data pass
+    if masks is not None:
+        op.mask_holder = masks
+    hook = output_transform_hook(backbone, cfg.feature_transform)  # the GGN of g = T∘f (feature_space.py)
     try:
         op.compute_kronecker_factors()
         all_reduce_factors(op)  # data-parallel ranks: Σ of the per-shard factors (curvature/sharded.py)
@@ -114,11 +134,38 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
             op.compute_eigenvalue_correction()
             all_reduce_corrections(op)
     finally:
+        if hook is not None:
+            hook.remove()
         for p in backbone.parameters():
             p.requires_grad_(old_flags[id(p)])
     layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
     meta = {"backbone": backbone.name, "num_data": n, "kfac_approx": approx, "config": cfg.model_dump()}
     return Curvature(cfg.kind, layers, fingerprint(backbone), meta)
+
+
+def _split_attention_keys(reference: Inputs, cfg: CurvatureConfig, modules: list[str]):
+    """[(config, modules)] for keys (expand) and the rest (reduce) when token inputs would put keys under "reduce";
+    None when one estimate serves every layer."""
+    if cfg.attention_keys != "expand" or not is_token_inputs(reference):
+        return None
+    if (cfg.kfac_approx if cfg.kfac_approx != "auto" else "reduce") != "reduce":
+        return None
+    keys = [m for m in modules if is_attention_key(m)]
+    rest = [m for m in modules if not is_attention_key(m)]
+    if not keys:
+        return None
+    parts = [(cfg.model_copy(update={"kfac_approx": "expand", "attention_keys": "same"}), keys)]
+    if rest:
+        parts.insert(0, (cfg.model_copy(update={"kfac_approx": "reduce", "attention_keys": "same"}), rest))
+    return parts
+
+
+def _joined(parts: list[Curvature], cfg: CurvatureConfig, backbone: Backbone) -> Curvature:
+    """One curvature from per-module-group estimates (block-diagonal: the layers are simply collected)."""
+    layers = [layer for part in parts for layer in part.layers]
+    meta = {**parts[0].meta, "kfac_approx": "reduce+expand(attention keys)", "config": cfg.model_dump(),
+            "attention_key_layers": [layer.module for part in parts[1:] for layer in part.layers]}
+    return Curvature(cfg.kind, layers, parts[0].base_fingerprint, meta)
 
 
 def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind: str, scale: float) -> list[LayerCurvature]:
@@ -145,11 +192,12 @@ def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind: str, scal
 
 
 def exact_drift(backbone: Backbone, names: Iterable[str], reference: Inputs, delta: dict[str, Tensor],
-                batch_size: int = 256) -> Tensor:
-    """Oracle: mean_n ‖J_n τ‖² by forward-mode AD (exact, no Kronecker approximation, cross-layer terms included)."""
+                batch_size: int = 256, transform: str = "identity") -> Tensor:
+    """Oracle: mean_n ‖J_n τ‖² (J of g = T∘f) by forward-mode AD (exact, no Kronecker approximation, cross-layer
+    terms included)."""
     from deltamerge.linearize import FunctionalModel
 
-    model = FunctionalModel(backbone, list(names))
+    model = FunctionalModel(backbone, list(names), transform=transform)
     total, n = 0.0, num_rows(reference)
     for start in tqdm(range(0, n, batch_size), desc="exact drift", disable=True):
         x = take(reference, torch.arange(start, min(start + batch_size, n)))

@@ -12,7 +12,10 @@ from torch import Tensor
 from deltamerge import distributed as dist
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset, to_device
+from deltamerge.data_sources import as_dataset
+from deltamerge.feature_space import vector_transform
 from deltamerge.linearize import FunctionalModel
+from deltamerge.model import as_backbone
 from deltamerge.taskvector import TaskVector
 
 
@@ -27,14 +30,17 @@ def cap(data: ArrayDataset, max_examples: int | None, seed: int = 0) -> ArrayDat
 @torch.no_grad()
 def features_along(backbone: Backbone, data: ArrayDataset, tv: TaskVector | None, alphas: list[float],
                    batch_size: int = 256, device: torch.device | str = "cpu") -> dict[float, Tensor]:
-    """Features [N, D] of every example at θ0 + α·τ for each α (θ0 alone when ``tv`` is None)."""
+    """Features [N, D] of every example at θ0 + α·τ for each α (θ0 alone when ``tv`` is None), in the feature space
+    ``tv`` was trained in (``feature_space.vector_transform``; f itself at θ0)."""
+    data = as_dataset(data, what="evaluation data")
+    backbone = as_backbone(backbone, sample=lambda: data.subset(torch.arange(min(len(data), 2))).inputs)
     backbone = backbone.to(device).eval()
     if tv is None:
         model = FunctionalModel(backbone, [])
         feats = torch.cat([model.features(to_device(x, device)).float().cpu()
                            for x, _ in data.batches(batch_size)])
         return {a: feats for a in alphas}
-    model = FunctionalModel(backbone, list(tv.deltas))
+    model = FunctionalModel(backbone, list(tv.deltas), transform=vector_transform(tv))
     tau = {n: t.to(device) for n, t in tv.deltas.items()}
     out: dict[float, list[Tensor]] = {a: [] for a in alphas}
     for x, _ in data.batches(batch_size):
@@ -54,6 +60,7 @@ def predictions_along(backbone: Backbone, data: ArrayDataset, head: Head, tv: Ta
                       alphas: list[float], batch_size: int = 256, device: torch.device | str = "cpu"
                       ) -> dict[float, Tensor]:
     """Predicted class per example for each α."""
+    data = as_dataset(data, what="evaluation data")
     feats = features_along(backbone, data, tv, alphas, batch_size, device)
     head = head.to("cpu")
     return {a: head(f).argmax(-1) for a, f in feats.items()}
@@ -64,6 +71,7 @@ def accuracy_along(backbone: Backbone, data: ArrayDataset, head: Head, tv: TaskV
                    shard: bool = False) -> dict[float, float]:
     """Accuracy per α. ``shard``: under data parallelism each rank predicts its contiguous share of the examples
     and the correct counts are summed over ranks (every rank gets the same numbers; must be called by all ranks)."""
+    data = as_dataset(data, what="evaluation data")
     if shard and dist.active():
         start, stop = dist.shard_range(len(data))
         part = data.subset(torch.arange(start, stop))

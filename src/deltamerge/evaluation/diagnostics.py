@@ -22,6 +22,7 @@ from torch import Tensor
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset, to_device
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import common_transform
 from deltamerge.evaluation.accuracy import accuracy_along
 from deltamerge.linearize import FunctionalModel
 from deltamerge.merging import MergeMethod, as_method
@@ -42,22 +43,24 @@ def _check_same_kind(vectors: list[TaskVector]) -> str:
 
 @torch.no_grad()
 def features_at(backbone: Backbone, data: ArrayDataset, vectors: list[TaskVector], coeffs: list[list[float]],
-                batch_size: int = 256, device: torch.device | str = "cpu", reduce: Reduce | None = None
-                ) -> list[Tensor]:
+                batch_size: int = 256, device: torch.device | str = "cpu", reduce: Reduce | None = None,
+                transform: str | None = None) -> list[Tensor]:
     """For each row c of ``coeffs``: f(x; θ0 + Σ_i c_i τ_i) on every example of ``data`` ([N, D], or ``reduce``
-    applied batch by batch, e.g. a head's argmax). Linear vectors: f0 + Σ_i c_i J·τ_i from one jvp per vector."""
+    applied batch by batch, e.g. a head's argmax). Linear vectors: f0 + Σ_i c_i J·τ_i from one jvp per vector.
+    Features are g = T∘f with T the vectors' feature transform (``transform`` overrides; needed with no vectors)."""
     if any(len(c) != len(vectors) for c in coeffs):
         raise DeltaMergeError(f"every coefficient row needs {len(vectors)} entries (one per task vector)")
     reduce = reduce or (lambda f: f)
     backbone = backbone.to(device).eval()
+    transform = transform or common_transform(vectors)
     if not vectors:
-        base = FunctionalModel(backbone, [])
+        base = FunctionalModel(backbone, [], transform=transform)
         feats = torch.cat([reduce(base.features(to_device(x, device)).float()).cpu()
                            for x, _ in data.batches(batch_size)])
         return [feats for _ in coeffs]
     kind = _check_same_kind(vectors)
     names = list(vectors[0].deltas)
-    model = FunctionalModel(backbone, names)
+    model = FunctionalModel(backbone, names, transform=transform)
     taus = [{n: v.deltas[n].to(device) for n in names} for v in vectors]
     out: list[list[Tensor]] = [[] for _ in coeffs]
     if kind == "linear":  # batches outside: one jvp per vector per batch, then every row is a weighted sum

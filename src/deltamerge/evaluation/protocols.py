@@ -65,7 +65,7 @@ def addition(ctx: EvalContext, tasks: dict[str, Task], vectors: dict[str, TaskVe
     """Merged accuracy over the α grid (plus α = 1); best α by mean normalised validation accuracy."""
     merger = as_method(method)
     prepared = merger.prepare([vectors[t] for t in tasks])
-    alphas = sorted(set(ctx.cfg.alpha_grid) | {1.0})
+    alphas = sorted(set(ctx.cfg.grid_for(merger.name)) | {1.0})
     per_task: dict[str, dict[str, dict[float, float]]] = {}
     for name, task in tasks.items():
         if prepared.homogeneous:  # one pass for the whole grid (and one jvp for linear vectors)

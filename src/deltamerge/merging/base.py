@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from deltamerge.config.merge import NoParams, check_merge_params, describe_params
 from deltamerge.errors import DeltaMergeError
+from deltamerge.feature_space import common_transform
 from deltamerge.taskvector import TaskVector
 
 METHODS: dict[str, type["MergeMethod"]] = {}
@@ -78,7 +79,9 @@ class MergeMethod:
         if not vectors:
             raise DeltaMergeError("nothing to merge: no task vectors given")
         TaskVector.sum(vectors)  # validates base, kind, names and shapes once
-        return Prepared(self.merge(vectors), self.name)
+        direction = self.merge(vectors)
+        direction.meta = {**direction.meta, "feature_transform": common_transform(vectors)}  # evaluated in it
+        return Prepared(direction, self.name)
 
     def merge(self, vectors: list[TaskVector]) -> TaskVector:  # pragma: no cover - abstract
         raise NotImplementedError

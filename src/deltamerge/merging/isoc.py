@@ -7,7 +7,8 @@ r = min(m, n):
 
 i.e. the spectrum is flattened to its mean (every direction of the common subspace gets the same scale, so tasks with
 small singular values are not drowned out). The merged model is θ0 + α·Δ_Iso-C with α chosen on validation data.
-Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as the authors do.
+Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as the authors do: every non-2-D tensor, conv kernels included
+(``conv_kernels="svd"`` flattens a conv kernel to [out, in·k·k] and flattens its spectrum instead).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deltamerge.config.merge import IsoCParams
 from deltamerge.merging.base import register
 from deltamerge.merging.layerwise import LayerwiseMethod
 
@@ -30,6 +32,12 @@ class IsoC(LayerwiseMethod):
     """Iso-C: the summed update with its spectrum flattened to the mean singular value, per layer."""
 
     name = "isoc"
+
+    Params = IsoCParams
+
+    def __init__(self, conv_kernels: str = "average") -> None:
+        self.params = self.check_params({"conv_kernels": conv_kernels})
+        self.set_conv_kernels(self.params.conv_kernels)
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return isotropic(torch.stack(mats).sum(0))

@@ -1,7 +1,9 @@
 """Merge methods that work parameter by parameter, treating every weight as a matrix where it is one.
 
-A parameter with ``ndim >= 2`` is merged as the matrix ``Δ.flatten(1)`` ([out, in·k·k] for a conv weight) by
-``merge_matrix``; every other parameter (biases, norms, 1-D embeddings) by ``merge_other``. Methods that live in this
+A 2-D parameter is merged as a matrix by ``merge_matrix``; every other parameter (biases, norms, 1-D embeddings and,
+by default, conv kernels) by ``merge_other``. ``conv_kernels``: "average" (default; the TSV-M and Iso-C authors'
+rule: every non-2-D tensor, conv kernels included, is averaged) or "svd" (ours before: a conv weight is merged as the
+matrix ``Δ.flatten(1)`` = [out, in·k·k]). Methods that live in this
 shape (TSV-M, Iso-C, task arithmetic) can also be run inside another space (Core Space merges LoRA cores with them).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deltamerge.errors import DeltaMergeError
 from deltamerge.merging.base import MergeMethod
 from deltamerge.taskvector import TaskVector
 
@@ -20,7 +23,15 @@ def working_dtype(t: Tensor) -> torch.dtype:
 
 
 class LayerwiseMethod(MergeMethod):
-    """merge = {n: merge_matrix([Δ_t[n].flatten(1)]) if Δ[n] is a matrix else merge_other([Δ_t[n]])}."""
+    """merge = {n: merge_matrix([Δ_t[n]]) if Δ[n] is a matrix else merge_other([Δ_t[n]])}."""
+
+    #: "average": tensors with ndim > 2 (conv kernels) go to ``merge_other``; "svd": to ``merge_matrix`` flattened
+    conv_kernels: str = "average"
+
+    def set_conv_kernels(self, rule: str) -> None:
+        if rule not in ("average", "svd"):
+            raise DeltaMergeError(f"conv_kernels must be 'average' or 'svd', not {rule!r}")
+        self.conv_kernels = rule
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -33,7 +44,7 @@ class LayerwiseMethod(MergeMethod):
         """One parameter, any shape, in its own dtype."""
         ref = tensors[0]
         work = [t.to(working_dtype(t)) for t in tensors]
-        if ref.ndim >= 2:
+        if ref.ndim == 2 or (ref.ndim > 2 and self.conv_kernels == "svd"):
             merged = self.merge_matrix([t.flatten(1) for t in work]).reshape(ref.shape)
         else:
             merged = self.merge_other(work)
@@ -45,4 +56,5 @@ class LayerwiseMethod(MergeMethod):
         return TaskVector(deltas, first.base_fingerprint, first.kind, self.describe(vectors))
 
     def describe(self, vectors: list[TaskVector]) -> dict:
-        return {"method": self.name, "tasks": [v.meta.get("task") for v in vectors], **self.params.model_dump()}
+        return {"method": self.name, "tasks": [v.meta.get("task") for v in vectors], **self.params.model_dump(),
+                "conv_kernels": self.conv_kernels}

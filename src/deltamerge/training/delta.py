@@ -20,6 +20,8 @@ from torch import Tensor
 
 from deltamerge.data import Inputs
 from deltamerge.linearize import FunctionalModel, Params
+from deltamerge.training.penalty_scaling import projection_weights, weighted
+from deltamerge.training.profiles import check_implemented
 from deltamerge.training.regime import Regime, check_finite, register
 
 
@@ -48,21 +50,27 @@ class Delta(Regime):
 
     def setup(self) -> None:
         super().setup()
+        check_implemented(self.cfg)
         self.rng = random.Random(self.cfg.seed)
+        # per-layer weights of the drift penalty (output projection ×projection_penalty_scale; penalty_scaling.py)
+        self.layer_weights = projection_weights(self.model.backbone, self.model.names,
+                                                self.cfg.projection_penalty_scale)
         self._teacher = self.compiled(self._teacher_terms)
         self._student_features = self.compiled(self._student_forward)
 
     def _teacher_terms(self, inputs: Inputs, labels: Tensor, tau_t: Params, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        """CE(f_lin(θ_T)) and the KD target SG[f_lin(θ0 + α·τ_T)] = SG[f0 + α·Jτ_T], from one jvp."""
-        f0, j_tau = self.model.linearized(inputs, tau_t)
-        return self.ce(f0 + j_tau, labels), (f0 + alpha * j_tau).detach()
+        """CE(f_lin(θ_T)) (``teacher_ce_at="alpha"``: CE(f_lin(θ0 + α·τ_T)), the released code) and the KD target
+        SG[f_lin(θ0 + α·τ_T)] = SG[f0 + α·Jτ_T], from one jvp."""
+        f0, j_tau = self.teacher()[0].linearized(inputs, tau_t)
+        at_alpha = f0 + alpha * j_tau
+        return self.ce(at_alpha if self.cfg.teacher_ce_at == "alpha" else f0 + j_tau, labels), at_alpha.detach()
 
     def _student_forward(self, inputs: Inputs, tau_s: Params, alpha: Tensor) -> Tensor:
         """f(x; θ0 + α·τ_S) with the student's own functional model (see ``student``)."""
         return self.student()[0].features(inputs, tau_s, alpha)
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        cfg, tau_t = self.cfg, self.vectors["teacher"]
+        cfg, tau_t = self.cfg, self.teacher()[1]
         tau_s = self.student()[1]
         alpha = sample_alpha(cfg, step, self.rng)
         alpha_t = torch.tensor(alpha, device=labels.device)
@@ -70,7 +78,7 @@ class Delta(Regime):
 
         # Teacher: L_T = CE(f_lin(θ_T)) + β_T·L_drift(τ_T); one jvp serves every α.
         loss_t, target = self._teacher(inputs, labels, tau_t, alpha_t)
-        drift_t = self.drift(tau_t, step)
+        drift_t = self.teacher_drift(tau_t, step)
         if drift_t is not None:
             loss_t = loss_t + cfg.beta_teacher * drift_t
         check_finite(loss_t, "teacher loss", step)
@@ -101,11 +109,19 @@ class Delta(Regime):
             logs["drift_S"] = drift_s.item() / cfg.penalty_every
         return logs
 
-    # Hooks for other student parametrizations (e.g. a LoRA student).
+    # Hooks for other teacher / student parametrizations (e.g. LoRA).
+    def teacher(self) -> tuple[FunctionalModel, Params]:
+        """The teacher's functional model (linearized) and its dense τ_T."""
+        return self.model, self.vectors["teacher"]
+
+    def teacher_drift(self, tau_t: Params, step: int) -> Tensor | None:
+        """β_T's term: L_drift(τ_T) (None on steps where the penalty is skipped)."""
+        return self.drift(weighted(tau_t, self.layer_weights), step)
+
     def student(self) -> tuple[FunctionalModel, Params]:
         """The student's functional model and its dense τ_S."""
         return self.model, self.vectors["student"]
 
     def student_drift(self, step: int) -> Tensor | None:
         """β_S's term: L_drift(τ_S) (None on steps where the penalty is skipped)."""
-        return self.drift(self.vectors["student"], step)
+        return self.drift(weighted(self.vectors["student"], self.layer_weights), step)

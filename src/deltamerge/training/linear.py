@@ -23,9 +23,13 @@ class Linear(Regime):
         return self.ce(f0 + jtau, labels)
 
     def penalty(self, tau: Params, step: int) -> Tensor | None:
-        """A regularizer added with weight ``beta_teacher`` (None: none this step). Plain linear FT has none; τJp and
-        TAK override it."""
+        """A regularizer added with weight ``penalty_weight()`` (None: none this step). Plain linear FT has none; τJp
+        and TAK override it."""
         return None
+
+    def penalty_weight(self) -> float:
+        """λ of ``penalty`` (each regime's own field: τJp ``taujp_lambda``, TAK ``tak_lambda``)."""
+        raise NotImplementedError(f"regime {self.name} has a penalty but no penalty_weight")
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
         tau = self.vectors["main"]
@@ -33,7 +37,7 @@ class Linear(Regime):
         loss, logs = ce, {"ce": ce.item()}
         penalty = self.penalty(tau, step)
         if penalty is not None:
-            loss = loss + self.cfg.beta_teacher * penalty
+            loss = loss + self.penalty_weight() * penalty
             logs[self.name] = penalty.item()
         check_finite(loss, "loss", step)
         loss.backward()

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -19,9 +19,13 @@ from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, as_train_config, config_hash, resolve_device
 from deltamerge.curvature import Curvature
-from deltamerge.data import ArrayDataset
+from deltamerge.data import ArrayDataset, take
+from deltamerge.data_sources import as_dataset
 from deltamerge.errors import DeltaMergeError
+from deltamerge.heads import check_frozen_head
+from deltamerge.feature_space import check_feature_space
 from deltamerge.linearize import FunctionalModel
+from deltamerge.model import as_backbone
 from deltamerge.taskvector import TaskVector
 from deltamerge.training.context import TrainContext
 from deltamerge.training.logs import StepLog
@@ -125,7 +129,7 @@ class _Trainer:
         return step
 
 
-def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConfig,
+def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTrainConfig,
           curvature: Curvature | None = None, checkpoint: str | Path | None = None, resume: bool = False,
           meta: dict | None = None, context: TrainContext | None = None,
           log_file: str | Path | None = None,
@@ -133,12 +137,17 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
     """Fine-tune one task under the regime ``cfg.regime``; returns the task vectors by role (the output role is the
     product). Build ``cfg`` with ``deltamerge.config.train_config(regime, **settings)``.
 
+    ``backbone``: a Backbone or a ``deltamerge.wrap``-ed model; ``data``: any source ``deltamerge.data_sources``
+    accepts; ``head``: frozen (see ``heads.check_frozen_head``).
     ``context`` carries the other tasks' inputs / curvatures for the regimes that declare ``needs_others``;
     ``log_file`` receives the per-step logs as JSONL (and TensorBoard events beside it, see ``training/logs.py``).
     ``commit`` writes the vectors; with a ``checkpoint`` the final state is checkpointed before it is called and the
     checkpoint removed only after it returns (``training/safety.py``)."""
     cfg = as_train_config(cfg)
     regime_name, regime_cls = cfg.regime, get_regime(cfg.regime)
+    data = as_dataset(data, what="training data")
+    backbone = as_backbone(backbone, sample=lambda: take(data.inputs, torch.arange(min(len(data), 2))))
+    check_frozen_head(head)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -150,7 +159,8 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset, cfg: BaseTrainConf
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
         curvature = curvature.to(device)
     policy = regime_cls.trainable_policy or cfg.trainable
-    model = FunctionalModel(backbone, trainable_names(backbone, policy))
+    check_feature_space(cfg.feature_transform, head, curvature if regime_cls.needs_curvature else None)
+    model = FunctionalModel(backbone, trainable_names(backbone, policy), transform=cfg.feature_transform)
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)
     dist.broadcast_tensors_(regime.shared_tensors(), what="initial state")  # ranks start identical (e.g. TaLoS mask)

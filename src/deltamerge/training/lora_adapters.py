@@ -66,7 +66,8 @@ class LoRAAdapters:
     """
 
     def __init__(self, model: FunctionalModel, cfg: BaseTrainConfig) -> None:
-        self.model = FunctionalModel(model.backbone, lora_targets(model.backbone, model.names, cfg.lora_targets))
+        self.model = FunctionalModel(model.backbone, lora_targets(model.backbone, model.names, cfg.lora_targets),
+                                     transform=model.transform)
         self.rank = cfg.lora_rank
         self.scaling = cfg.lora_alpha / cfg.lora_rank
         g = torch.Generator().manual_seed(cfg.seed)  # own stream: A0 depends on the seed only (resume rebuilds it)

@@ -82,6 +82,9 @@ class Regime:
             covered = set(curvature.parameter_names)
             self.uncovered = [n for n in model.names if n not in covered]
             self.penalty_share = curvature_share(curvature)
+            from deltamerge.model import report_uncovered
+
+            report_uncovered(model.backbone, self.uncovered, self.name)  # no drift penalty on these: say so once
         self.setup()
 
     def setup(self) -> None:

@@ -1,14 +1,16 @@
 """τJp regularization, Yoshida et al. 2025 (ICLR): linear (tangent-space) fine-tuning that penalises the drift the
 task vector τ causes on the *other* tasks' inputs.
 
-    minimise  CE(head(f0(x) + J(x)·τ))  +  λ · Σ_{t′≠t} (1/B′) Σ_{x′ ∈ batch of t′} ‖J f(x′; θ0) · τ‖²
+    minimise  CE(head(f0(x) + J(x)·τ))  +  λ · Σ_{t′} (1/B′) Σ_{x′ ∈ batch of t′} ‖J f(x′; θ0) · τ‖     (form "norm")
+                                     or λ · Σ_{t′} (1/B′) Σ_{x′ ∈ batch of t′} ‖J f(x′; θ0) · τ‖²    (form "squared")
 
-In the linearized model, adding τ to θ0 + τ_{t′} moves the features of x′ by exactly J(x′)·τ, so the penalty is the
-interference τ causes on task t′ (the paper's τJp). Each step draws a fresh batch of ``taujp_batch_size`` training
-inputs from every other task (its own reshuffled stream) and runs one jvp per other task; λ is
-``TauJpConfig.beta_teacher`` and the penalty can be applied every ``penalty_every`` steps with weight
-``penalty_every``. With the per-task mean the penalty estimates Σ_{t′} τᵀ G_{t′} τ, the same quantity TAK
-approximates with KFAC, so the two share λ's scale.
+over the other tasks t′ ≠ t plus, with ``taujp_reference``, the suite's reference inputs (the authors add ImageNet,
+the control domain). In the linearized model, adding τ to θ0 + τ_{t′} moves the features of x′ by exactly J(x′)·τ,
+so the penalty is the interference τ causes on task t′ (the paper's τJp). Each step draws a fresh batch of
+``taujp_batch_size`` training inputs from every other task (its own reshuffled stream; the reference set is read in
+order, cyclically, as streamed sets must be) and runs one jvp per term. λ = ``taujp_lambda``, form = ``taujp_form``
+(defaults: the authors' λ = 0.1 on the unsquared mean norm); ``penalty_every`` applies it every k steps with
+weight k. The squared form estimates Σ_{t′} τᵀ G_{t′} τ, the quantity TAK approximates with KFAC.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from deltamerge.training.loop import index_stream
 from deltamerge.training.regime import register
 
 
-def taujp_penalty(model: FunctionalModel, other_batches: dict[str, Inputs], tau: Params) -> Tensor:
-    """Σ_{t′} mean_{x′} ‖J f(x′; θ0)·τ‖² over one batch per other task (differentiable w.r.t. τ)."""
+def taujp_penalty(model: FunctionalModel, other_batches: dict[str, Inputs], tau: Params,
+                  form: str = "squared") -> Tensor:
+    """Σ_{t′} mean_{x′} ‖J f(x′; θ0)·τ‖² ("squared") or ‖·‖ ("norm") over one batch per term (differentiable
+    w.r.t. τ; the norm's gradient at J·τ = 0 is taken as 0, its subgradient)."""
     def term(inputs: Inputs) -> Tensor:
         _, j_tau = model.linearized(inputs, tau)
         j_tau = j_tau.to(torch.promote_types(j_tau.dtype, torch.float32))  # bf16 autocast → float32
+        if form == "norm":
+            return torch.linalg.vector_norm(j_tau, dim=-1).mean()
         return j_tau.square().sum(-1).mean()
 
     return sum_terms((term(inputs) for inputs in other_batches.values()), tau)
@@ -50,10 +56,14 @@ class TauJp(Linear):
         first call, so a run resumed from a checkpoint draws the same batches as an uninterrupted one."""
         if self._drawn is not None and self._drawn[0] == step:  # micro-batches of one step share its draw
             return self._drawn[1]
-        others = self.context.other_inputs
+        others = dict(self.context.other_inputs)
         if self.streams is None:
             self.streams = {name: index_stream(num_rows(x), self.cfg.taujp_batch_size, self.cfg.seed + 1 + i, step)
                             for i, (name, x) in enumerate(sorted(others.items()))}
+            if self.cfg.taujp_reference and self.context.reference is not None:
+                self.streams[REFERENCE] = in_order(num_rows(self.context.reference), self.cfg.taujp_batch_size, step)
+        if REFERENCE in self.streams:
+            others[REFERENCE] = self.context.reference
         batches = {name: to_device(take(others[name], next(stream)), self.device)
                    for name, stream in self.streams.items()}
         self._drawn = (step, batches)
@@ -62,4 +72,21 @@ class TauJp(Linear):
     def penalty(self, tau: Params, step: int) -> Tensor | None:
         """The drift on the other tasks' inputs, every ``penalty_every`` steps with weight ``penalty_every``."""
         batches = self.other_batches(step)  # drawn every step (also when the penalty is skipped) to stay aligned
-        return self.every_k(step, lambda: taujp_penalty(self.model, batches, tau))
+        return self.every_k(step, lambda: taujp_penalty(self.model, batches, tau, self.cfg.taujp_form))
+
+    def penalty_weight(self) -> float:
+        return self.cfg.taujp_lambda
+
+
+REFERENCE = "__reference__"
+
+
+def in_order(n: int, batch_size: int, start_step: int = 0):
+    """Consecutive batches 0..B, B..2B, … cycling over n rows (a streamed set can only be read in order)."""
+    b = min(batch_size, n)
+    per_cycle = max(1, n // b)
+    step = start_step
+    while True:
+        k = step % per_cycle
+        yield torch.arange(k * b, (k + 1) * b)
+        step += 1

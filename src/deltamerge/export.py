@@ -1,0 +1,196 @@
+"""Write θ0 + α·τ out as a deployable model: a Hugging Face ``save_pretrained`` folder, a plain safetensors state
+dict, or one full checkpoint per task vector (the input other merging tools such as mergekit expect).
+
+Task vectors of a ``deltamerge.wrap``-ed model are named ``model.<the model's own name>``; a built-in backbone that
+holds one transformers model as a child (e.g. MiniLM's ``bert``) names them ``<child>.<name>``. Export strips that
+prefix, so the written weights load into the plain model (``AutoModel.from_pretrained``, ``load_state_dict``).
+Only ``nonlinear`` vectors are weight edits; a linear (tangent-space) vector is refused (it is evaluated with the
+linearized model, which no checkpoint format holds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from deltamerge.artifacts import fingerprint, save_artifact
+from deltamerge.errors import DeltaMergeError
+from deltamerge.taskvector import TaskVector
+
+MERGEKIT_EXAMPLE = """# mergekit task arithmetic of the exported checkpoints: θ0 + λ·Σ_t τ_t (run: mergekit-yaml mergekit.yaml out/)
+merge_method: task_arithmetic
+base_model: {base}
+models:
+{models}
+parameters:
+  normalize: false
+dtype: float32
+"""
+
+
+def _hf_part(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name prefix, the transformers model inside ``model``); refuses a model that holds none."""
+    from transformers import PreTrainedModel
+
+    from deltamerge.model import PREFIX, WrappedModel
+
+    if isinstance(model, PreTrainedModel):
+        return "", model
+    if isinstance(model, WrappedModel) and isinstance(model.model, PreTrainedModel):
+        return PREFIX, model.model
+    children = [(n, c) for n, c in model.named_children() if isinstance(c, PreTrainedModel)]
+    if len(children) == 1:
+        return children[0][0] + ".", children[0][1]
+    raise DeltaMergeError(f"{type(model).__name__} holds no single transformers model: a Hugging Face folder "
+                          "cannot be written (use format 'safetensors' for a plain state dict)")
+
+
+def _strip(tv: TaskVector, prefix: str) -> TaskVector:
+    if not prefix:
+        return tv
+    outside = [n for n in tv.deltas if not n.startswith(prefix)]
+    if outside:
+        raise DeltaMergeError(f"the task vector edits parameters outside the exported model ({outside[:3]})")
+    return TaskVector({n[len(prefix):]: t for n, t in tv.deltas.items()}, tv.base_fingerprint, tv.kind, tv.meta)
+
+
+def _check_base(model: nn.Module, vectors: list[TaskVector]) -> str:
+    fp = fingerprint(model)
+    for tv in vectors:
+        if tv.base_fingerprint != fp:
+            raise DeltaMergeError(f"task vector was made for base model {tv.base_fingerprint}, but this model is {fp}:"
+                                  " wrong base model")
+        tv._check_weight_edit()
+    return fp
+
+
+class _FreshDir:
+    """Write into a temporary sibling folder, then rename: a failed export leaves nothing behind."""
+
+    def __init__(self, out: Path, overwrite: bool) -> None:
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise DeltaMergeError(f"{self.out} exists; refusing to overwrite it (pass --force to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Path:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+        os.replace(self.tmp, self.out)
+
+
+def _provenance(tv: TaskVector | None, alpha: float, base_fp: str) -> dict:
+    return {"base_fingerprint": base_fp, "alpha": alpha,
+            "vector": None if tv is None else {k: tv.meta.get(k) for k in ("regime", "task", "method", "suite")
+                                               if k in tv.meta}}
+
+
+def export_hf(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
+              overwrite: bool = False) -> Path:
+    """``save_pretrained`` folder (config + safetensors) of θ0 + α·τ; ``AutoModel.from_pretrained(out)`` loads it.
+    ``model``: the wrapped / built-in backbone the vector was trained on (or the raw transformers model)."""
+    fp = _check_base(model, [vector] if vector is not None else [])
+    prefix, hf = _hf_part(model)
+    merged = hf if vector is None else _strip(vector, prefix).applied(hf, alpha)
+    with _FreshDir(Path(out), overwrite) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "deltamerge.json").write_text(json.dumps(_provenance(vector, alpha, fp), indent=2))
+    return Path(out)
+
+
+def export_state_dict(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
+                      overwrite: bool = False) -> Path:
+    """A plain safetensors state dict of θ0 + α·τ, for any model (names of the model inside a wrapper; deltamerge
+    provenance in the file's metadata)."""
+    from deltamerge.model import PREFIX, WrappedModel
+
+    fp = _check_base(model, [vector] if vector is not None else [])
+    merged = model if vector is None else vector.applied(model, alpha)
+    if isinstance(merged, WrappedModel):
+        merged, prefix = merged.model, PREFIX
+    else:
+        prefix = ""
+    # clone: tied weights share storage, which safetensors refuses to write twice
+    tensors = {k: v.detach().cpu().clone() for k, v in merged.state_dict().items()}
+    meta = {"kind": "state_dict", "name_prefix_removed": prefix, **_provenance(vector, alpha, fp)}
+    return save_artifact(out, tensors, meta, overwrite=overwrite)
+
+
+def export_task_checkpoints(model: nn.Module, vectors: dict[str, TaskVector], out: str | Path,
+                            overwrite: bool = False, format: str = "auto") -> dict[str, Path]:
+    """One full checkpoint θ0 + τ_t per task vector, plus the base θ0 as ``base``, under ``out`` (and, for the
+    Hugging Face format, a ``mergekit.yaml`` that task-arithmetic-merges them). ``format``: "hf", "safetensors",
+    or "auto" (hf when the model holds a transformers model)."""
+    if format == "auto":
+        try:
+            _hf_part(model)
+            format = "hf"
+        except DeltaMergeError:
+            format = "safetensors"
+    if format not in ("hf", "safetensors"):
+        raise DeltaMergeError(f"unknown export format '{format}' (hf, safetensors)")
+    if not vectors:
+        raise DeltaMergeError("no task vectors to export")
+    if "base" in vectors:
+        raise DeltaMergeError("'base' is reserved for θ0's checkpoint; rename that task")
+    _check_base(model, list(vectors.values()))
+    paths: dict[str, Path] = {}
+    with _FreshDir(Path(out), overwrite) as tmp:
+        for name, tv in {"base": None, **vectors}.items():
+            if format == "hf":
+                export_hf(model, tmp / name, tv, 1.0)
+                paths[name] = Path(out) / name
+            else:
+                export_state_dict(model, tmp / f"{name}.safetensors", tv, 1.0)
+                paths[name] = Path(out) / f"{name}.safetensors"
+        if format == "hf":
+            final = Path(out).resolve()  # absolute paths: mergekit takes a bare name for a hub id
+            models = "\n".join(f"  - model: {final / name}\n    parameters:\n      weight: 1.0" for name in vectors)
+            (tmp / "mergekit.yaml").write_text(MERGEKIT_EXAMPLE.format(base=final / "base", models=models))
+    return paths
+
+
+def export_model(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
+           format: str = "hf", overwrite: bool = False) -> Path:
+    """θ0 + α·τ as a Hugging Face folder (``format='hf'``) or a safetensors state dict (``'safetensors'``)."""
+    if format == "hf":
+        return export_hf(model, out, vector, alpha, overwrite)
+    if format == "safetensors":
+        return export_state_dict(model, out, vector, alpha, overwrite)
+    raise DeltaMergeError(f"unknown export format '{format}' (hf, safetensors)")
+
+
+def merged_model(model: nn.Module, vector: TaskVector, alpha: float = 1.0) -> nn.Module:
+    """θ0 + α·τ as a new in-memory model (the input is untouched); see :meth:`TaskVector.applied`."""
+    _check_base(model, [vector])
+    return vector.applied(model, alpha)
+
+
+__all__ = ["export_model", "export_hf", "export_state_dict", "export_task_checkpoints", "merged_model"]
+
+
+
+def load_hf_model(path: str | Path) -> nn.Module:
+    """A local transformers folder as the class its config names (``architectures[0]``, e.g. LlamaForCausalLM),
+    else ``AutoModel``; the same model class a vector must have been trained on for its names to match."""
+    import transformers
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise DeltaMergeError(f"{path} is not a Hugging Face model folder (config.json missing)")
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    return (cls or transformers.AutoModel).from_pretrained(path, local_files_only=True)
