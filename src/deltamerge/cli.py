@@ -74,7 +74,12 @@ def run(suite: str = typer.Argument(..., help="suite name (see `deltamerge suite
 
     cfg = _run_config(suite, regimes, preset, out, tasks, config, merge_method, extra_merges)
     results = run_pipeline(cfg)
-    typer.echo(addition_table(results))
+    if results.get("kind") == "preference":
+        from deltamerge.report.pareto import preference_report
+
+        typer.echo(preference_report(results, "figures/pareto.png"))
+    else:
+        typer.echo(addition_table(results))
     typer.echo(f"\nresults: {cfg.out / 'results.json'}\nreport:  {cfg.out / 'REPORT.md'}")
 
 

@@ -77,6 +77,10 @@ class TrainConfig(_Strict):
     talos_examples: Optional[int] = Field(None, ge=1)  # calibration examples (None: the whole training split)
     talos_score: Literal["fisher", "logit"] = "fisher"  # log-likelihood Fisher / sampled-logit gradient (code)
     talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
+    # Preference regimes (dpo, dpo-linear, dpo-distilled, dpo-mixed, dpo-lora); dpo-distilled also uses gamma,
+    # alpha_sampling / alpha_low / alpha_high, student_ce_at and kd_every above.
+    beta_dpo: float = Field(0.1, gt=0)  # β of the DPO loss −log σ(β·margin) (TRL's default)
+    dpo_mix_weights: Optional[list[float]] = None  # dpo-mixed: weight of each preference axis (None: all 1)
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
     progress: bool = True
 

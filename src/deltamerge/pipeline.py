@@ -107,6 +107,10 @@ def run(cfg: RunConfig, suite: Suite | None = None) -> dict:
     the one named by ``cfg.suite`` (e.g. a hub suite fed with local tables)."""
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
+    if getattr(suite, "kind", "") == "preference":  # LLM preference suites: DPO vectors, Affine-2 sweep
+        from deltamerge.pipeline_preference import run_preference
+
+        return run_preference(cfg, suite)
     for r in cfg.regimes:
         get_regime(r)  # fail fast on an unknown regime
     for m in [cfg.merge_method, *cfg.extra_merges]:

@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "vision8": "deltamerge.suites.vision_hub:Vision8",
     "vision14": "deltamerge.suites.vision_hub:Vision14",
     "nli6": "deltamerge.suites.nli_hub:NLI6",
+    "llm-mini": "deltamerge.suites.llm_mini:LLMMini",
 }
 
 

@@ -128,7 +128,7 @@ def train(regime_name: str, backbone: Backbone, head: Head, data: ArrayDataset, 
     random.seed(cfg.seed)
     base_fp = fingerprint(backbone)
     backbone.to(device).eval()
-    head = head.to(device)
+    head = head.to(device) if head is not None else None  # preference regimes have no head
     if curvature is not None:
         if curvature.base_fingerprint != base_fp:
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
