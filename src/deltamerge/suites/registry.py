@@ -15,6 +15,7 @@ SUITES: dict[str, str] = {
     "vision14": "deltamerge.suites.vision_hub:Vision14",
     "nli6": "deltamerge.suites.nli_hub:NLI6",
     "llm-mini": "deltamerge.suites.llm_mini:LLMMini",
+    "llm-pref": "deltamerge.suites.llm_hub:LLMPref",
 }
 
 
