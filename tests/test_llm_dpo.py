@@ -184,3 +184,23 @@ def test_linearized_greedy_decoding_at_zero_equals_generate(backbone):
     before = {n: p.clone() for n, p in model.base.items()}
     gen.generate(prompts, "nonlinear", tau)
     assert all(torch.equal(model.base[n], before[n]) for n in before)  # θ0 untouched
+
+
+def test_cached_prefix_gives_the_same_outputs_and_gradients(llama_dir):
+    from deltamerge.training.preference import with_prefix
+
+    bb = load_causal_lm(str(llama_dir), train_last_layers=1)
+    data = encode_pairs(bb.tokenizer, tiny_pairs(6), 24, "be brief")
+    cached = with_prefix(bb, data)
+    assert cached.inputs["prefix_hidden"].shape[:3] == (6, 2, 24)
+    model = FunctionalModel(bb, trainable_names(bb, "default"))
+    torch.manual_seed(4)
+    tau = {n: 0.05 * torch.randn_like(p) for n, p in model.base.items()}
+    full, part = flatten_pairs(data.inputs), flatten_pairs(cached.inputs)
+    for a, b in zip(outputs_at(model, full, tau), outputs_at(model, part, tau)):
+        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(outputs_linearized(model, full, tau), outputs_linearized(model, part, tau)):
+        assert torch.allclose(a.logits, b.logits, atol=1e-5) and torch.allclose(a.hidden, b.hidden, atol=1e-5)
+    v1 = train("dpo", bb, None, data, _cfg("dpo", steps=2))["main"]
+    v2 = train("dpo", bb, None, cached, _cfg("dpo", steps=2))["main"]
+    assert all(torch.allclose(v1.deltas[n], v2.deltas[n], atol=1e-5) for n in v1.deltas)

@@ -22,6 +22,7 @@ from deltamerge.linearize import FunctionalModel
 from deltamerge.pipeline import load_or_train, log
 from deltamerge.suites.preference_base import PreferenceData, PreferenceSuite
 from deltamerge.suites.preference_data import encode_prompts
+from deltamerge.training.preference import with_prefix
 from deltamerge.training.regime import get_regime, trainable_names
 
 MIXED = "dpo-mixed"
@@ -115,6 +116,8 @@ def run_preference(cfg: RunConfig, suite: PreferenceSuite) -> dict:
     log(f"suite {suite.name} ({cfg.preset}): loading the LM and the preference data")
     backbone = suite.backbone(cfg.preset)
     data = suite.preference_data(cfg.preset, backbone)
+    for a in data.axes:  # frozen leading blocks: their output is computed once per pair, not at every step
+        a.train, a.val, a.test = (with_prefix(backbone, d) for d in (a.train, a.val, a.test))
     if len(data.axes) != 2:
         raise DeltaMergeError(f"Affine-2 mixing needs exactly two preference axes, suite has {len(data.axes)}")
     vectors = train_vectors(cfg, suite, backbone, data, regimes, out)

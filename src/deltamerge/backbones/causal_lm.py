@@ -61,12 +61,48 @@ class CausalLM(Backbone):
         # positions count real tokens only, so left-padded prompts (batched generation) get the positions that
         # transformers' generate() gives them; for right padding this is 0, 1, 2, ... as usual
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        hidden = self.lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions,
-                                       use_cache=False).last_hidden_state
+        if "prefix_hidden" in inputs:
+            hidden = self._tail(inputs["prefix_hidden"], mask, positions)
+        else:
+            hidden = self.lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
+                                           position_ids=positions, use_cache=False).last_hidden_state
         if not full:
             mask = inputs.get("response_mask", inputs["attention_mask"]).to(hidden.dtype).unsqueeze(-1)
             return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.lm.get_output_embeddings()(hidden), hidden
+
+    # ---- frozen-prefix cache ---------------------------------------------------------------------------------
+    @property
+    def first_trained_layer(self) -> int:
+        return 0 if self.train_last_layers is None else self.num_layers - self.train_last_layers
+
+    @torch.no_grad()
+    def prefix_hidden(self, inputs: Inputs) -> Tensor:
+        """Hidden states entering the first trained block: a constant of the data when the blocks before it are
+        frozen, so it can be computed once per example (``with_prefix``) instead of at every step."""
+        mask = inputs["attention_mask"]
+        out = self.lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
+                                    position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=False,
+                                    output_hidden_states=True)
+        return out.hidden_states[self.first_trained_layer]
+
+    def _tail(self, hidden: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        """The decoder from ``first_trained_layer`` on (Llama-style decoders: ``layers``, ``rotary_emb``, ``norm``),
+        mirroring ``LlamaModel.forward``: causal mask, rotary embeddings, blocks, final norm."""
+        from transformers.masking_utils import create_causal_mask
+
+        dec = self.lm.get_decoder()
+        if not all(hasattr(dec, a) for a in ("layers", "rotary_emb", "norm")):
+            raise DeltaMergeError(f"{self.name}: cached prefixes need a Llama-style decoder; train all layers")
+        cache_position = torch.arange(hidden.shape[1], device=hidden.device)
+        causal = create_causal_mask(config=dec.config, input_embeds=hidden, attention_mask=mask,
+                                    cache_position=cache_position, past_key_values=None, position_ids=positions)
+        rope = dec.rotary_emb(hidden, positions)
+        for layer in dec.layers[self.first_trained_layer:]:
+            hidden = layer(hidden, attention_mask=causal, position_ids=positions, cache_position=cache_position,
+                           position_embeddings=rope)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return dec.norm(hidden)
 
     def default_trainable(self, param_name: str) -> bool:
         if param_name in self._embedding_names:

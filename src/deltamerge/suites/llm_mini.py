@@ -33,8 +33,11 @@ TRAIN_TEMPLATES = ["Tell me a saying about {t}.", "Give me a quote about {t}.", 
 TEST_TEMPLATES = ["What is a good line about {t}?", "Say something witty about {t}."]
 SYSTEM = "Be brief."  # SmolLM2's default system prompt alone is 37 tokens; this keeps sequences short
 PRESETS = {
-    "quick": dict(max_len=48, train=96, val=16, test=32, max_words=14, steps=24, batch=4, last_layers=4),
-    "full": dict(max_len=64, train=1024, val=64, test=128, max_words=20, steps=300, batch=16, last_layers=None),
+    # quick: sized for a 2-core CPU shared with other jobs (≈ 15-25 % of a core each): last 2 of 30 blocks trained
+    "quick": dict(max_len=48, train=64, val=8, test=16, max_words=12, steps=10, batch=4, last_layers=2, prompts=8,
+                  lr=1e-4),
+    "full": dict(max_len=64, train=1024, val=64, test=128, max_words=20, steps=300, batch=16, last_layers=None,
+                 prompts=16, lr=5e-6),
 }
 
 
@@ -127,6 +130,8 @@ class LLMMini(PreferenceSuite):
                "deb:fortunes, fortunes-min (BSD)"]
     task_names = ["helpfulness", "conciseness"]
     options_model = LLMMiniOptions
+    lambda_grid = [0.0, 1.0, 2.0, 5.0]  # λ2 over the paper's [0, 5], four points at a CPU budget
+    max_new_tokens = 12
     reference_description = "none (Distilled DPO runs without the curvature term, as in the paper)"
 
     def _preset(self, preset: str) -> dict:
@@ -160,12 +165,12 @@ class LLMMini(PreferenceSuite):
                 d.labels.fill_(i)
             axes.append(PreferenceAxis(name, splits["train"], splits["val"], splits["test"], reward, rname,
                                        (__doc__ or "").split("* ``" + name + "``")[-1].split("*")[0].strip()))
-        prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TEST_TEMPLATES for t in TOPICS]
+        prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TEST_TEMPLATES for t in TOPICS][:p["prompts"]]
         return PreferenceData(axes, prompts, SYSTEM, {"max_len": p["max_len"]})
 
     def train_config(self, regime: str, preset: str) -> TrainConfig:
         p = self._preset(preset)
-        return TrainConfig(regime=regime, steps=p["steps"], batch_size=p["batch"], lr=5e-5, weight_decay=0.0,
+        return TrainConfig(regime=regime, steps=p["steps"], batch_size=p["batch"], lr=p["lr"], weight_decay=0.0,
                            warmup_steps=0, schedule="constant", beta_dpo=0.1, gamma=1.0,
                            dpo_mix_weights=[1.0, 1.0])
 

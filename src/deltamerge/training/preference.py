@@ -18,7 +18,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from deltamerge.backbones.causal_lm import sequence_logps
-from deltamerge.data import Inputs
+from deltamerge.data import ArrayDataset, Inputs
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel, Params
 
@@ -42,7 +42,24 @@ def flatten_pairs(inputs: Inputs) -> dict[str, Tensor]:
         if x.dim() != 3 or x.shape[1] != 2:
             raise DeltaMergeError(f"preference input {k!r} must be [B, 2, T], got {tuple(x.shape)}")
         out[k] = x.transpose(0, 1).reshape(2 * x.shape[0], x.shape[2])
+    if "prefix_hidden" in inputs:  # [B, 2, T, D] cached frozen-prefix states (see ``with_prefix``)
+        h = inputs["prefix_hidden"]
+        out["prefix_hidden"] = h.transpose(0, 1).reshape(2 * h.shape[0], *h.shape[2:])
     return out
+
+
+def with_prefix(backbone, data: ArrayDataset, batch_size: int = 16) -> ArrayDataset:
+    """``data`` plus ``prefix_hidden`` [N, 2, T, D]: the hidden states entering the first trained block, computed
+    once. Exact (the blocks before it are frozen); a no-op when every block trains."""
+    if getattr(backbone, "train_last_layers", None) is None:
+        return data
+    chunks = []
+    for inputs, _ in data.batches(batch_size):
+        flat = flatten_pairs(inputs)
+        h = backbone.prefix_hidden(flat)
+        b = h.shape[0] // 2
+        chunks.append(torch.stack([h[:b], h[b:]], 1))
+    return ArrayDataset({**data.inputs, "prefix_hidden": torch.cat(chunks)}, data.labels)
 
 
 def outputs_at(model: FunctionalModel, flat: dict[str, Tensor], tau: Params | None, alpha: float | Tensor = 1.0
