@@ -290,7 +290,7 @@ def report(run_dir: Path,
 
 @assets_app.command("fetch")
 @friendly
-def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini or text-mini (default: both)")) -> None:
+def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, text-mini or llm-mini (default: all)")) -> None:
     """Download and convert what a suite needs into the cache (DELTAMERGE_CACHE, default ~/.cache/deltamerge)."""
     from deltamerge.assets import SUITE_ASSETS, fetch_suite
 
