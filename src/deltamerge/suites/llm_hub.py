@@ -105,6 +105,7 @@ class LLMPref(PreferenceSuite):
     options_model = LLMPrefOptions
     lambda_grid = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0]
     max_new_tokens = 256
+    reference_description = "none (Distilled DPO runs without the curvature term, as in the paper)"
 
     def __init__(self, options: dict | None = None, source: DataSource | None = None) -> None:
         super().__init__(options)
