@@ -204,3 +204,27 @@ def test_cached_prefix_gives_the_same_outputs_and_gradients(llama_dir):
     v1 = train("dpo", bb, None, data, _cfg("dpo", steps=2))["main"]
     v2 = train("dpo", bb, None, cached, _cfg("dpo", steps=2))["main"]
     assert all(torch.allclose(v1.deltas[n], v2.deltas[n], atol=1e-5) for n in v1.deltas)
+
+
+def test_optional_curvature_term_for_distilled_dpo(backbone, pairs):
+    from deltamerge.config import CurvatureConfig
+    from deltamerge.curvature import estimate_curvature
+
+    ref = flatten_pairs(pairs.inputs)
+    curv = estimate_curvature(backbone, {"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"]},
+                              CurvatureConfig(probes="exact", batch_size=8, progress=False))
+    with pytest.raises(DeltaMergeError, match="curvature"):
+        train("dpo-distilled-curvature", backbone, None, pairs, _cfg("dpo-distilled-curvature"))
+    off = train("dpo-distilled-curvature", backbone, None, pairs,
+                _cfg("dpo-distilled-curvature", steps=3, beta_teacher=0.0, beta_student=0.0), curvature=curv)
+    plain = train("dpo-distilled", backbone, None, pairs, _cfg("dpo-distilled", steps=3))
+    for role in ("student", "teacher"):  # β = 0: exactly Distilled DPO
+        assert all(torch.allclose(off[role].deltas[n], plain[role].deltas[n], atol=1e-6) for n in plain[role].deltas)
+    on = train("dpo-distilled-curvature", backbone, None, pairs,
+               _cfg("dpo-distilled-curvature", steps=3, beta_teacher=1e3, beta_student=1e3), curvature=curv)
+    assert "drift_S" in on["student"].meta["final_logs"]
+    # a strong penalty shrinks the covered part of both task vectors
+    covered = set(curv.parameter_names)
+    for role in ("student", "teacher"):
+        norm = lambda v: sum(float(t.square().sum()) for n, t in v.deltas.items() if n in covered)  # noqa: E731
+        assert norm(on[role]) < norm(plain[role])

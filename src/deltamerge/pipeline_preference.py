@@ -19,7 +19,7 @@ from deltamerge.data import ArrayDataset, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation.preference import Generator, accuracy, margins_sweep
 from deltamerge.linearize import FunctionalModel
-from deltamerge.pipeline import load_or_train, log
+from deltamerge.pipeline import load_or_estimate_curvature, load_or_train, log
 from deltamerge.suites.preference_base import PreferenceData, PreferenceSuite
 from deltamerge.suites.preference_data import encode_prompts
 from deltamerge.training.preference import with_prefix
@@ -50,6 +50,9 @@ def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: Prefer
                   out: Path) -> dict[str, dict[str, object]]:
     """regime → {axis (or "mixed") → task vector of the regime's output role}."""
     vectors: dict[str, dict[str, object]] = {}
+    curvature = None
+    if any(get_regime(r).needs_curvature for r in regimes):  # dpo-distilled-curvature only (off in the paper)
+        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / "curvature.safetensors")
     for regime in regimes:
         tcfg = suite.train_config(regime, cfg.preset).model_copy(update=cfg.train.get(regime, {}))
         tasks = [Task("mixed", [], concat([a.train for a in data.axes]), concat([a.val for a in data.axes]),
@@ -58,7 +61,9 @@ def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: Prefer
         vectors[regime] = {}
         for task in tasks:
             log(f"{regime}: {task.name} ({len(task.train)} pairs, {tcfg.steps} steps, batch {tcfg.batch_size})")
-            vecs = load_or_train(regime, task, backbone, None, tcfg, None, out / "vectors", suite.name)
+            vecs = load_or_train(regime, task, backbone, None, tcfg,
+                                 curvature if get_regime(regime).needs_curvature else None, out / "vectors",
+                                 suite.name)
             vectors[regime][task.name] = vecs[get_regime(regime).output_role]
     return vectors
 
@@ -125,7 +130,9 @@ def run_preference(cfg: RunConfig, suite: PreferenceSuite) -> dict:
     points = sweep(suite, backbone, data, vectors, suite.lambda_grid)
     results = {
         "kind": "preference", "suite": suite.name, "preset": cfg.preset, "backbone": backbone.name,
-        "trainable_parameters": len(trainable_names(backbone, "default")),
+        "trainable_tensors": len(trainable_names(backbone, "default")),
+        "trainable_parameters": sum(p.numel() for n, p in backbone.named_parameters()
+                                    if n in set(trainable_names(backbone, "default"))),
         "axes": [{"name": a.name, "reward": a.reward_name, "train_pairs": len(a.train), "test_pairs": len(a.test),
                   "description": a.description} for a in data.axes],
         "held_out_prompts": len(data.prompts), "lambda_grid": suite.lambda_grid, "regimes": regimes,

@@ -80,7 +80,7 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
 SUITE_ASSETS: dict[str, list[str]] = {
     "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images"],
     "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
-    "llm-mini": ["smollm2", "fortunes"],
+    "llm-mini": ["smollm2", "fortunes", "text-reference"],
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deltamerge import assets
 from deltamerge.backbones.causal_lm import CausalLM, load_causal_lm
 from deltamerge.config import TrainConfig
+from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
 from deltamerge.suites.preference_base import EvalPrompt, PreferenceAxis, PreferenceData, PreferenceSuite
 from deltamerge.suites.preference_data import Pair, encode_pairs
@@ -35,9 +36,9 @@ SYSTEM = "Be brief."  # SmolLM2's default system prompt alone is 37 tokens; this
 PRESETS = {
     # quick: sized for a 2-core CPU shared with other jobs (≈ 15-25 % of a core each): last 2 of 30 blocks trained
     "quick": dict(max_len=48, train=64, val=8, test=16, max_words=12, steps=10, batch=4, last_layers=2, prompts=8,
-                  lr=1e-4),
+                  lr=1e-4, reference=64),
     "full": dict(max_len=64, train=1024, val=64, test=128, max_words=20, steps=300, batch=16, last_layers=None,
-                 prompts=16, lr=5e-6),
+                 prompts=16, lr=5e-6, reference=2048),
 }
 
 
@@ -168,11 +169,29 @@ class LLMMini(PreferenceSuite):
         prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TEST_TEMPLATES for t in TOPICS][:p["prompts"]]
         return PreferenceData(axes, prompts, SYSTEM, {"max_len": p["max_len"]})
 
+    def reference(self, preset: str) -> Inputs:
+        """General-English passages (State of the Union, Moby-Dick, Jargon File; no source shared with the fortunes),
+        as plain text for the optional curvature term (``dpo-distilled-curvature``)."""
+        p = self._preset(preset)
+        texts = assets.text_reference()[:p["reference"]]
+        enc = self._tokenizer(preset)(texts, max_length=p["max_len"], truncation=True, padding="max_length",
+                                      return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def _tokenizer(self, preset: str):
+        from transformers import AutoTokenizer
+
+        gguf = assets.smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.pad_token = "<|endoftext|>"
+        return tok
+
     def train_config(self, regime: str, preset: str) -> TrainConfig:
         p = self._preset(preset)
         return TrainConfig(regime=regime, steps=p["steps"], batch_size=p["batch"], lr=p["lr"], weight_decay=0.0,
                            warmup_steps=0, schedule="constant", beta_dpo=0.1, gamma=1.0,
-                           dpo_mix_weights=[1.0, 1.0])
+                           dpo_mix_weights=[1.0, 1.0],
+                           beta_teacher=1.0, beta_student=1.0)  # used by dpo-distilled-curvature only (our choice)
 
 
 def set_end_of_turn(backbone: CausalLM, eot: str, pad: str | None = None) -> None:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from deltamerge.backbones.causal_lm import CausalLM
-from deltamerge.config import TrainConfig
-from deltamerge.data import ArrayDataset
+from deltamerge.config import CurvatureConfig, TrainConfig
+from deltamerge.data import ArrayDataset, Inputs
+from deltamerge.errors import DeltaMergeError
 from deltamerge.suites.base import Suite
 
 #: reward(prompts, responses) -> one score per response (higher = better on that axis)
@@ -65,3 +66,11 @@ class PreferenceSuite(Suite):
 
     def train_config(self, regime: str, preset: str) -> TrainConfig:
         raise NotImplementedError
+
+    def reference(self, preset: str) -> Inputs:
+        """Plain-text reference inputs (``input_ids``, ``attention_mask``) for the optional curvature term."""
+        raise DeltaMergeError(f"suite '{self.name}' has no reference set: the curvature term "
+                              "(dpo-distilled-curvature) is not available for it")
+
+    def curvature_config(self, preset: str) -> CurvatureConfig:
+        return CurvatureConfig(probes="mc", mc_samples=1, batch_size=8)

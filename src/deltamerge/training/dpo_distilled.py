@@ -8,6 +8,7 @@ gives (z0, h0) and (J_z·τ_T, J_h·τ_T):
     L_S  = DPO(z(x; θ_S) ; π_ref) + γ·L_KD                                    student = the ordinary model
 The teacher's backward runs first and frees its graph. ``student_ce_at="alpha"`` takes the student's DPO term at
 θ0 + α·τ_S so one forward serves both terms (the released code's choice for CE); the paper's default is θ_S.
+``dpo-distilled-curvature`` adds the curvature penalties β_T·L_drift(τ_T) and β_S·L_drift(τ_S) (off in the paper).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class DistilledDPO(PreferenceRegime):
         t_c, t_r = pair_logps(f0.logits + jt.logits, flat)
         losses_t, margin_t = dpo_loss(t_c, t_r, ref_c, ref_r, cfg.beta_dpo)
         loss_t = losses_t.mean()
+        drift_t = self.drift_term(tau_t, step)
+        if drift_t is not None:
+            loss_t = loss_t + cfg.beta_teacher * drift_t
         check_finite(loss_t, "teacher DPO loss", step)
         loss_t.backward()
         del f0, jt
@@ -65,9 +69,29 @@ class DistilledDPO(PreferenceRegime):
             kd = response_kd(at_alpha.hidden, target, flat["response_mask"])
             loss_s = loss_s + cfg.gamma * cfg.kd_every * kd
             logs["kd"] = kd.item()
+        drift_s = self.drift_term(tau_s, step)
+        if drift_s is not None:
+            loss_s = loss_s + cfg.beta_student * drift_s
+            logs["drift_S"] = drift_s.item() / cfg.penalty_every
         check_finite(loss_s, "student loss", step)
         loss_s.backward()
         logs.update({"loss_T": loss_t.item(), "loss_S": loss_s.item(), "dpo_S": losses_s.mean().item(),
                      "pref_acc_T": (margin_t > 0).float().mean().item(),
                      "pref_acc_S": (margin_s > 0).float().mean().item()})
         return logs
+
+    def drift_term(self, tau, step: int) -> Tensor | None:
+        """L_drift(τ): none in Distilled DPO (the paper's Sec. 5 uses distillation only)."""
+        return None
+
+
+@register
+class DistilledDPOCurvature(DistilledDPO):
+    """Distilled DPO with DELTA's curvature term switched on: β_T·L_drift(τ_T) in the teacher's loss and
+    β_S·L_drift(τ_S) in the student's (Eq. 5-7), the EK-FAC of the LM's mean response hidden state on a reference set."""
+
+    name = "dpo-distilled-curvature"
+    needs_curvature = True
+
+    def drift_term(self, tau, step: int) -> Tensor | None:
+        return self.drift(tau, step)
