@@ -191,7 +191,8 @@ class LLMMini(PreferenceSuite):
         return TrainConfig(regime=regime, steps=p["steps"], batch_size=p["batch"], lr=p["lr"], weight_decay=0.0,
                            warmup_steps=0, schedule="constant", beta_dpo=0.1, gamma=1.0,
                            dpo_mix_weights=[1.0, 1.0],
-                           beta_teacher=1.0, beta_student=1.0)  # used by dpo-distilled-curvature only (our choice)
+                           **({"beta_teacher": 1.0, "beta_student": 1.0} if regime == "dpo-distilled-curvature"
+                              else {}))  # curvature weights: our choice (the paper has no LLM value)
 
 
 def set_end_of_turn(backbone: CausalLM, eot: str, pad: str | None = None) -> None:
