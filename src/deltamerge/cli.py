@@ -138,7 +138,12 @@ def run(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES} (see `delta
 
     cfg = _run_config(suite, regimes, preset, out, tasks, config, merge_method, extra_merges, merge_param)
     results = run_pipeline(cfg, force=force)
-    typer.echo(addition_table(results))
+    if results.get("kind") == "preference":
+        from deltamerge.report.pareto import preference_report
+
+        typer.echo(preference_report(results, "figures/pareto.png"))
+    else:
+        typer.echo(addition_table(results))
     typer.echo(f"\nresults: {cfg.out / 'results.json'}\nreport:  {cfg.out / 'REPORT.md'}")
 
 
@@ -432,7 +437,7 @@ def report(run_dir: Path,
 
 @assets_app.command("fetch")
 @friendly
-def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini or text-mini (default: both)"),
+def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, text-mini or llm-mini (default: all)"),
                  force: bool = typer.Option(False, help="fetch and convert again even if installed (repairs a "
                                             "corrupt cache)")) -> None:
     """Download and convert what a suite needs into the cache (DELTAMERGE_CACHE, default ~/.cache/deltamerge)."""

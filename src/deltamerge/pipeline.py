@@ -68,6 +68,10 @@ def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict
     ``force`` (results replaced; vectors trained with the same settings still reused) — see ``run_guard.py``."""
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
+    if getattr(suite, "kind", "") == "preference":  # LLM preference suites: DPO vectors, Affine-2 sweep
+        from deltamerge.pipeline_preference import run_preference
+
+        return run_preference(cfg, suite, force)
     for r in cfg.regimes:
         get_regime(r)  # everything that can be checked is checked before the run directory is touched
     unused = sorted(set(cfg.merge_params) - {cfg.merge_method, *cfg.extra_merges})

@@ -17,6 +17,7 @@ from deltamerge.assets.loaders import (
     minilm_dir,
     mnist5k,
     natural_images,
+    smollm2_gguf,
     spam,
     text_reference,
     corrupt_guard,
@@ -38,5 +39,5 @@ __all__ = [
     "digits",
     "efficientnet_lite0_weights", "elpv", "fashion_mnist", "fetch", "fetch_command", "fetch_suite", "fine_foods",
     "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "natural_images", "path",
-    "require", "spam", "text_reference",
+    "require", "smollm2_gguf", "spam", "text_reference",
 ]

@@ -145,3 +145,10 @@ def efficientnet_lite0_weights() -> Path:
 def minilm_dir() -> Path:
     """Directory with all-MiniLM-L6-v2's ``model.safetensors``, ``config.json`` and tokenizer files."""
     return require("minilm", MINILM_DIR)
+
+
+def smollm2_gguf() -> Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` (load it with ``backbones.causal_lm.load_causal_lm``)."""
+    from deltamerge.assets.convert_llm import SMOLLM2_FILE
+
+    return require("smollm2", SMOLLM2_FILE)

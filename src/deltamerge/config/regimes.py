@@ -187,15 +187,63 @@ class TAKConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     tak_projection_scale: float = Field(0.01, ge=0)  # TAK: the output projection's KFAC block ×this (authors: 0.01)
 
 
+# ---- preference (DPO) regimes on causal LMs (training/dpo.py, training/dpo_distilled.py) -----------------------------
+class DPOSettings(BaseModel):
+    """The DPO loss −log σ(β·margin) (Rafailov et al., 2023; β = TRL's default)."""
+
+    beta_dpo: float = Field(0.1, gt=0)
+
+
+class DPOConfig(DPOSettings, Trainable, BaseTrainConfig):
+    """DPO on the non-linear LM."""
+
+    regime: Literal["dpo"] = "dpo"
+
+
+class DPOLinearConfig(DPOSettings, Trainable, BaseTrainConfig):
+    """DPO on the linearized LM f0 + J·τ."""
+
+    regime: Literal["dpo-linear"] = "dpo-linear"
+
+
+class DPODistilledConfig(DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
+    """Distilled DPO: a linearized DPO teacher distilled into the non-linear student along the α path (the drift
+    weights β_T/β_S are read only by dpo-distilled-curvature)."""
+
+    regime: Literal["dpo-distilled"] = "dpo-distilled"
+
+
+class DPODistilledCurvatureConfig(DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
+    """Distilled DPO plus DELTA's curvature drift terms β_T·L_drift(τ_T), β_S·L_drift(τ_S)."""
+
+    regime: Literal["dpo-distilled-curvature"] = "dpo-distilled-curvature"
+
+
+class DPOMixedConfig(DPOSettings, Trainable, BaseTrainConfig):
+    """DPO on several preference axes at once (the multi-task reference)."""
+
+    regime: Literal["dpo-mixed"] = "dpo-mixed"
+    dpo_mix_weights: Optional[list[float]] = None  # weight of each preference axis (None: all 1)
+
+
+class DPOLoRAConfig(DPOSettings, LoRASettings, Trainable, BaseTrainConfig):
+    """DPO with LoRA factors on the LM."""
+
+    regime: Literal["dpo-lora"] = "dpo-lora"
+
+
 REGIME_CONFIGS: dict[str, type[BaseTrainConfig]] = {
     cls.model_fields["regime"].default: cls
     for cls in (NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig, DeltaLoRAConfig,
-                AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig)}
+                AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig, DPOConfig, DPOLinearConfig, DPODistilledConfig,
+                DPODistilledCurvatureConfig, DPOMixedConfig, DPOLoRAConfig)}
 
 #: The training configuration of any regime: validate a mapping with ``TypeAdapter(TrainConfig)`` (pydantic picks the
 #: class by ``regime``), or build one with ``train_config(regime, **fields)``.
 TrainConfig = Annotated[Union[NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig,
-                              DeltaLoRAConfig, AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig],
+                              DeltaLoRAConfig, AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig, DPOConfig,
+                              DPOLinearConfig, DPODistilledConfig, DPODistilledCurvatureConfig, DPOMixedConfig,
+                              DPOLoRAConfig],
                         Field(discriminator="regime")]
 _ADAPTER = TypeAdapter(TrainConfig)
 

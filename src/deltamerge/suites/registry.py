@@ -18,6 +18,8 @@ SUITES: dict[str, str] = {
     "vision14": "deltamerge.suites.vision_hub:Vision14",
     "nli6": "deltamerge.suites.nli_hub:NLI6",
     "yaml": "deltamerge.suites.yaml_suite:YamlSuite",  # your own suite from a YAML file (option: file)
+    "llm-mini": "deltamerge.suites.llm_mini:LLMMini",
+    "llm-pref": "deltamerge.suites.llm_hub:LLMPref",
 }
 
 

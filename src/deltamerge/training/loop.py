@@ -147,13 +147,14 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTra
     regime_name, regime_cls = cfg.regime, get_regime(cfg.regime)
     data = as_dataset(data, what="training data")
     backbone = as_backbone(backbone, sample=lambda: take(data.inputs, torch.arange(min(len(data), 2))))
-    check_frozen_head(head)
+    if regime_cls.needs_head:
+        check_frozen_head(head)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     base_fp = fingerprint(backbone)
     backbone.to(device).eval()
-    head = head.to(device)
+    head = head.to(device) if head is not None else None  # preference regimes have no head
     if curvature is not None:
         if curvature.base_fingerprint != base_fp:
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")

@@ -64,6 +64,7 @@ class Regime:
 
     name: ClassVar[str] = ""
     needs_curvature: ClassVar[bool] = False
+    needs_head: ClassVar[bool] = True  # False: the regime reads no head (preference regimes on LM log-probs)
     needs_others: ClassVar[str | None] = None
     trainable_policy: ClassVar[str | None] = None
     output_role: ClassVar[str] = "main"

@@ -1,0 +1,116 @@
+"""Direct Preference Optimization regimes on a causal LM (reference model π_ref = π_θ0):
+
+* ``dpo``         non-linear:   L = mean_i −log σ(β·m_i),  π = f(x; θ0 + τ), π_ref = f(x; θ0) (one no-grad forward)
+* ``dpo-linear``  tangent space: π from the linearized logits z0 + J_z·τ; π_ref from z0, the jvp's primal (free)
+* ``dpo-mixed``   ``dpo`` trained once on every preference axis together, pair i weighted by w[axis_i]
+                  (``dpo_mix_weights``; the scalarised combined objective the paper calls DPO-Mixed)
+* ``dpo-lora``    ``dpo`` with τ_W = (lora_alpha/lora_rank)·B·A on the adapted weights (peft conventions)
+
+m_i is the implicit-reward margin of ``preference.dpo_loss``; β = ``beta_dpo``. ``labels`` carry each pair's
+preference axis (0 for single-axis data) and only matter to ``dpo-mixed``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from deltamerge import distributed as dist
+from deltamerge.data import Inputs
+from deltamerge.errors import DeltaMergeError
+from deltamerge.linearize import Params
+from deltamerge.training.lora_adapters import Factors, LoRAAdapters, factor_lr
+from deltamerge.training.preference import (dpo_loss, flatten_pairs, outputs_at, outputs_linearized, pair_logps,
+                                            pair_weights, weighted_mean)
+from deltamerge.training.regime import Regime, check_finite, register
+
+
+class PreferenceRegime(Regime):
+    """Base of the DPO regimes: the head is unused (pass None); batches are preference pairs."""
+
+    needs_head = False
+
+    def setup(self) -> None:
+        super().setup()
+        # training/parallel.py splits a global batch into micro-batches / rank shares of an ArrayDataset; the
+        # preference pair batches (dicts of prompt/chosen/rejected tensors) are not split there yet.
+        if self.cfg.grad_accum_steps > 1 or dist.world_size() > 1:
+            raise DeltaMergeError(f"regime '{self.name}' does not support gradient accumulation or data-parallel "
+                                  "training yet: use grad_accum_steps=1 and a single process")
+
+    def mix_weights(self) -> list[float] | None:
+        return None
+
+    def reference_logps(self, flat: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """log π_ref(y_c|x), log π_ref(y_r|x) at θ0, without a graph."""
+        with torch.no_grad():
+            return pair_logps(outputs_at(self.model, flat, None).logits, flat)
+
+    def finish(self, losses: Tensor, margin: Tensor, labels: Tensor, step: int) -> dict[str, float]:
+        loss = weighted_mean(losses, pair_weights(labels, self.mix_weights()))
+        check_finite(loss, "DPO loss", step)
+        loss.backward()
+        return {"loss": loss.item(), "margin": margin.mean().item(), "pref_acc": (margin > 0).float().mean().item()}
+
+
+@register
+class DPO(PreferenceRegime):
+    name = "dpo"
+
+    def tau(self) -> Params:
+        return self.vectors["main"]
+
+    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
+        flat = flatten_pairs(inputs)
+        ref_c, ref_r = self.reference_logps(flat)
+        pi_c, pi_r = pair_logps(outputs_at(self.policy_model(), flat, self.tau()).logits, flat)
+        losses, margin = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.cfg.beta_dpo)
+        return self.finish(losses, margin, labels, step)
+
+    def policy_model(self):
+        return self.model
+
+
+@register
+class DPOMixed(DPO):
+    name = "dpo-mixed"
+
+    def mix_weights(self) -> list[float] | None:
+        return self.cfg.dpo_mix_weights
+
+
+@register
+class DPOLinear(PreferenceRegime):
+    name = "dpo-linear"
+    vector_kinds = {"main": "linear"}
+
+    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
+        flat = flatten_pairs(inputs)
+        f0, jtau = outputs_linearized(self.model, flat, self.vectors["main"])
+        with torch.no_grad():
+            ref_c, ref_r = pair_logps(f0.logits, flat)
+        pi_c, pi_r = pair_logps(f0.logits + jtau.logits, flat)
+        losses, margin = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.cfg.beta_dpo)
+        return self.finish(losses, margin, labels, step)
+
+
+@register
+class DPOLoRA(DPO):
+    name = "dpo-lora"
+
+    def setup(self) -> None:
+        super().setup()
+        self.adapters = LoRAAdapters(self.model, self.cfg)
+        self.vectors = {"main": self.adapters.parameters()}
+
+    def tau(self) -> Params:
+        return self.adapters.tau()
+
+    def policy_model(self):
+        return self.adapters.model
+
+    def learning_rate(self, role: str, name: str) -> float:
+        return factor_lr(self.cfg)
+
+    def export(self, role: str) -> tuple[Params, Factors]:
+        return self.adapters.export()

@@ -1,0 +1,97 @@
+"""Distilled DPO (the paper's Sec. 5): Algorithm 1 with the DPO loss in place of CE, no curvature term.
+
+Per step, one α ~ U(alpha_low, alpha_high) (paper: U(0.5, 1)); z = logits, h = last hidden states; one jvp at θ0
+gives (z0, h0) and (J_z·τ_T, J_h·τ_T):
+    π_ref           = softmax(z0)                         (the reference model θ0 — the jvp's primal, free)
+    L_T  = DPO(z0 + J_z·τ_T ; π_ref)                                         teacher = the linearized model
+    L_KD = mean over response tokens ‖h(x; θ0 + α·τ_S) − SG[h0 + α·J_h·τ_T]‖²   (Eq. 8 on response hidden states)
+    L_S  = DPO(z(x; θ_S) ; π_ref) + γ·L_KD                                    student = the ordinary model
+The teacher's backward runs first and frees its graph. ``student_ce_at="alpha"`` takes the student's DPO term at
+θ0 + α·τ_S so one forward serves both terms (the released code's choice for CE); the paper's default is θ_S.
+``dpo-distilled-curvature`` adds the curvature penalties β_T·L_drift(τ_T) and β_S·L_drift(τ_S) (off in the paper).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor
+
+from deltamerge.data import Inputs
+from deltamerge.training.delta import sample_alpha
+from deltamerge.training.dpo import PreferenceRegime
+from deltamerge.training.preference import (dpo_loss, flatten_pairs, outputs_at, outputs_linearized, pair_logps,
+                                            response_kd)
+from deltamerge.training.regime import check_finite, register
+
+
+@register
+class DistilledDPO(PreferenceRegime):
+    name = "dpo-distilled"
+    output_role = "student"
+    vector_kinds = {"student": "nonlinear", "teacher": "linear"}
+
+    def setup(self) -> None:
+        super().setup()
+        self.rng = random.Random(self.cfg.seed)
+
+    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
+        cfg, tau_t, tau_s = self.cfg, self.vectors["teacher"], self.vectors["student"]
+        flat = flatten_pairs(inputs)
+        alpha = sample_alpha(cfg, step, self.rng)
+        with_kd = step % cfg.kd_every == 0
+
+        # Teacher: DPO on the linearized logits; π_ref and the KD target come from the same jvp.
+        f0, jt = outputs_linearized(self.model, flat, tau_t)
+        with torch.no_grad():
+            ref_c, ref_r = pair_logps(f0.logits, flat)
+        target = (f0.hidden + alpha * jt.hidden).detach()
+        t_c, t_r = pair_logps(f0.logits + jt.logits, flat)
+        losses_t, margin_t = dpo_loss(t_c, t_r, ref_c, ref_r, cfg.beta_dpo)
+        loss_t = losses_t.mean()
+        drift_t = self.drift_term(tau_t, step)
+        if drift_t is not None:
+            loss_t = loss_t + cfg.beta_teacher * drift_t
+        check_finite(loss_t, "teacher DPO loss", step)
+        loss_t.backward()
+        del f0, jt
+
+        # Student: DPO at θ_S (or θ0 + α·τ_S) + γ·L_KD at θ0 + α·τ_S.
+        at_alpha = outputs_at(self.model, flat, tau_s, alpha) if (with_kd or cfg.student_ce_at == "alpha") else None
+        out_dpo = at_alpha if (cfg.student_ce_at == "alpha" or alpha == 1.0) and at_alpha is not None \
+            else outputs_at(self.model, flat, tau_s)
+        s_c, s_r = pair_logps(out_dpo.logits, flat)
+        losses_s, margin_s = dpo_loss(s_c, s_r, ref_c, ref_r, cfg.beta_dpo)
+        loss_s = losses_s.mean()
+        logs = {"alpha": alpha}
+        if with_kd:
+            kd = response_kd(at_alpha.hidden, target, flat["response_mask"])
+            loss_s = loss_s + cfg.gamma * cfg.kd_every * kd
+            logs["kd"] = kd.item()
+        drift_s = self.drift_term(tau_s, step)
+        if drift_s is not None:
+            loss_s = loss_s + cfg.beta_student * drift_s
+            logs["drift_S"] = drift_s.item() / cfg.penalty_every
+        check_finite(loss_s, "student loss", step)
+        loss_s.backward()
+        logs.update({"loss_T": loss_t.item(), "loss_S": loss_s.item(), "dpo_S": losses_s.mean().item(),
+                     "pref_acc_T": (margin_t > 0).float().mean().item(),
+                     "pref_acc_S": (margin_s > 0).float().mean().item()})
+        return logs
+
+    def drift_term(self, tau, step: int) -> Tensor | None:
+        """L_drift(τ): none in Distilled DPO (the paper's Sec. 5 uses distillation only)."""
+        return None
+
+
+@register
+class DistilledDPOCurvature(DistilledDPO):
+    """Distilled DPO with DELTA's curvature term switched on: β_T·L_drift(τ_T) in the teacher's loss and
+    β_S·L_drift(τ_S) in the student's (Eq. 5-7), the EK-FAC of the LM's mean response hidden state on a reference set."""
+
+    name = "dpo-distilled-curvature"
+    needs_curvature = True
+
+    def drift_term(self, tau, step: int) -> Tensor | None:
+        return self.drift(tau, step)
