@@ -16,6 +16,7 @@ from deltamerge.assets.loaders import (
     lfw_subset,
     minilm_dir,
     mnist5k,
+    more_photos,
     natural_images,
     spam,
     text_reference,
@@ -35,6 +36,6 @@ from deltamerge.assets.store import (
 __all__ = [
     "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "digits",
     "efficientnet_lite0_weights", "elpv", "fashion_mnist", "fetch", "fetch_command", "fetch_suite", "fine_foods",
-    "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "natural_images", "path",
+    "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "more_photos", "natural_images", "path",
     "require", "spam", "text_reference",
 ]

@@ -22,7 +22,8 @@ from deltamerge.config import CurvatureConfig, EvalConfig, TrainConfig
 from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.base import Suite
-from deltamerge.suites.splits import dataset, limit, random_crops, resize_gray, three_way
+from deltamerge.suites.splits import dataset, limit, resize_gray, three_way
+from deltamerge.suites.vision_reference import VisionMiniOptions, build_reference
 
 PRESETS = {
     # resolution, train cap, val size, test size, reference crops
@@ -94,6 +95,12 @@ class VisionMini(Suite):
     task_names = ["fashion-mnist", "mnist-5k", "digits", "elpv"]
     control_name = "lfw-faces"
     reference_description = "random crops of scikit-image's natural photographs (no task shares this source)"
+    options_model = VisionMiniOptions  # the reference set (see deltamerge.suites.vision_reference)
+
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__(options)
+        if self.options != VisionMiniOptions():
+            self.reference_description = self.options.describe()
 
     def backbone(self) -> Backbone:
         return EfficientNetLite0.from_pretrained(assets.efficientnet_lite0_weights())
@@ -110,7 +117,9 @@ class VisionMini(Suite):
 
     def reference(self, preset: str) -> Inputs:
         p = PRESETS[preset]
-        return random_crops(assets.natural_images(), p["ref"], p["res"], seed=0)
+        size = self.options.reference_size or p["ref"]
+        tasks = [self.load_task(n, preset) for n in self.task_names] if self.options.oracle_fraction else []
+        return build_reference(self.options, size, p["res"], tasks, seed=0)
 
     def head(self, backbone: Backbone, task: Task) -> Head:
         return few_shot_head(backbone, task.train, task.num_classes, shots=16)
