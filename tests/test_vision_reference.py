@@ -96,3 +96,24 @@ def test_curvature_of_another_reference_set_is_not_reused(tmp_path):
     suite.reference_description = "another reference set"
     again = load_or_estimate_curvature(suite, backbone, cfg, path)
     assert path.stat().st_mtime_ns != stamp and again.meta["reference"] == "another reference set"
+
+
+def test_more_photos_converter_reads_the_npm_jpegs_and_sklearn_samples(tmp_path):
+    from PIL import Image
+
+    from deltamerge.assets import convert_vision as cv
+    from deltamerge.assets.cache import read_npz
+
+    roots = []
+    for i, name in enumerate(cv.STDLIB_PHOTOS):
+        root = tmp_path / name
+        (root / "data").mkdir(parents=True)
+        Image.fromarray(np.full((12, 20, 3), 10 * i, np.uint8)).save(root / "data" / "image.jpg", quality=100)
+        roots.append(root)
+    out = tmp_path / "out"
+    out.mkdir()
+    info = cv.more_photos(roots, out)
+    data = read_npz(out / "images.npz")
+    assert info["n"] == len(cv.STDLIB_PHOTOS) + 2 and {"china", "flower"} <= set(data)
+    assert data["black-canyon"].shape == (12, 20, 3) and data["black-canyon"].dtype == np.uint8
+    assert abs(int(data["black-canyon"].mean()) - 10 * cv.STDLIB_PHOTOS.index("black-canyon")) <= 2
