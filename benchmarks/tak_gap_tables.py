@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--png", type=Path)
     ap.add_argument("--test", action="store_true", help="add test columns (final table only)")
     args = ap.parse_args()
-    pairs = [tuple(s.split("=", 1)) for s in args.runs]
-    base = [tuple(s.split("=", 1)) for s in args.baseline]
+    pairs = [tuple(s.rsplit("=", 1)) for s in args.runs]
+    base = [tuple(s.rsplit("=", 1)) for s in args.baseline]
     rows = {label: summary(Path(d)) for label, d in pairs + base}
     head = ("| run | regime | merged α=1 val abs / norm | single-task val | teacher merged α=1 val | "
             "train s | curvature s |")
