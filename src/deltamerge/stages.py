@@ -28,13 +28,16 @@ def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig,
     params = dict(backbone.named_parameters())
     if path.exists():
         curv = Curvature.load(path, fingerprint(backbone), params)
-        if curv.meta.get("config_hash") == config_hash(cfg):
+        # the same estimator on another reference set (a suite option) is not reusable
+        if curv.meta.get("config_hash") == config_hash(cfg) and \
+                curv.meta.get("reference", suite.reference_description) == suite.reference_description:
             log(f"curvature: reusing {path}")
             return curv
     log(f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — {suite.reference_description}")
     t0 = time.perf_counter()
     curv = estimate_curvature(backbone, suite.reference(run.preset), cfg)
-    curv.meta.update({"config_hash": config_hash(cfg), "seconds": round(time.perf_counter() - t0, 2)})
+    curv.meta.update({"config_hash": config_hash(cfg), "seconds": round(time.perf_counter() - t0, 2),
+                      "reference": suite.reference_description})
     curv.save(path)
     return curv
 

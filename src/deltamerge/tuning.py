@@ -22,6 +22,7 @@ from deltamerge.safeio import atomic_write_text
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import get_method
+from deltamerge.other_tasks import OtherTasks
 from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
 from deltamerge.suites import get_suite
 from deltamerge.training import get_regime
@@ -87,6 +88,7 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out)
     curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE)
                  if regime_cls.needs_curvature else None)
+    others = OtherTasks(suite, backbone, task_map, preset, out / "task_curvature", log)  # τJp's inputs, TAK's KFAC
     ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))
     method = get_method(merge_method)
     base_cfg = suite.train_config(regime, preset)
@@ -97,7 +99,8 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
         log(f"tune {i + 1}: {point}")
         t0 = time.perf_counter()
         vec_dir = out / "points" / config_hash(cfg)
-        vecs = {t: load_or_train(task, backbone, heads[t], cfg, curvature, vec_dir, suite.name)
+        vecs = {t: load_or_train(task, backbone, heads[t], cfg, curvature, vec_dir, suite.name,
+                                 others.context(regime_cls.needs_others, t) if regime_cls.needs_others else None)
                 [regime_cls.output_role] for t, task in task_map.items()}
         rows.append({"point": point, "config_hash": config_hash(cfg),
                      **validation_scores(ctx, task_map, vecs, method), "seconds": round(time.perf_counter() - t0, 1)})

@@ -16,6 +16,7 @@ from deltamerge.assets.loaders import (
     lfw_subset,
     minilm_dir,
     mnist5k,
+    more_photos,
     natural_images,
     smollm2_gguf,
     spam,
@@ -38,6 +39,6 @@ __all__ = [
     "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "corrupt_guard",
     "digits",
     "efficientnet_lite0_weights", "elpv", "fashion_mnist", "fetch", "fetch_command", "fetch_suite", "fine_foods",
-    "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "natural_images", "path",
-    "require", "smollm2_gguf", "spam", "text_reference",
+    "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "more_photos", "natural_images",
+    "path", "require", "smollm2_gguf", "spam", "text_reference",
 ]

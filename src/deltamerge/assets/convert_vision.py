@@ -143,3 +143,27 @@ def elpv(inputs: list[Path], out: Path, progress: bool = True) -> dict[str, Any]
     kinds, kind_counts = np.unique(module, return_counts=True)
     return {"shape": list(x.shape), "proba_counts": dict(zip(map(str, levels.tolist()), counts.tolist(), strict=True)),
             "module_counts": dict(zip(kinds.tolist(), kind_counts.tolist(), strict=True))}
+
+
+# Getty Open Content photographs (CC0 images, PDDL packaging) shipped as npm packages by stdlib, one image each.
+STDLIB_PHOTOS: tuple[str, ...] = (
+    "acanthus-mollis", "airplane-from-above", "allium-oreophilum", "black-canyon", "dust-bowl-home",
+    "french-alpine-landscape", "locomotion-house-cat", "march-pastoral", "nagasaki-boats",
+)
+
+
+def more_photos(inputs: list[Path], out: Path, progress: bool = True) -> dict[str, Any]:
+    """A second pool of photographs for the curvature reference set -> ``images.npz``: the stdlib/Getty photos
+    (``inputs[i]/data/image.jpg``, in STDLIB_PHOTOS order) and scikit-learn's two sample photos (china, flower)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    arrays: dict[str, np.ndarray] = {}
+    for name, root in zip(STDLIB_PHOTOS, inputs, strict=False):
+        with Image.open(root / "data" / "image.jpg") as image:
+            arrays[name] = np.asarray(image.convert("RGB"))
+    sample = load_sample_images()
+    for fname, image in zip(sample.filenames, sample.images, strict=True):
+        arrays[Path(fname).stem] = np.asarray(image, dtype=np.uint8)
+    write_npz(out / "images.npz", **arrays)
+    return {"n": len(arrays), "shapes": {k: list(v.shape) for k, v in arrays.items()}}

