@@ -44,8 +44,9 @@ def test_tune_scores_on_validation_only(tmp_path, monkeypatch):
 @pytest.mark.parametrize("regime", ["tak", "taujp"])
 def test_tune_gives_tak_and_taujp_the_other_tasks(tmp_path, regime):
     """Before issue 17 the search handed these regimes no other tasks and stopped with an AttributeError."""
-    rows = tune("synthetic", regime, {"beta_teacher": [0.1, 10.0], "steps": [3]}, tmp_path, tasks=["task0", "task1"])
-    assert {r["point"]["beta_teacher"] for r in rows} == {0.1, 10.0}
+    lam = f"{regime}_lambda"  # each baseline's own penalty weight (issue 16; before: beta_teacher)
+    rows = tune("synthetic", regime, {lam: [0.1, 10.0], "steps": [3]}, tmp_path, tasks=["task0", "task1"])
+    assert {r["point"][lam] for r in rows} == {0.1, 10.0}
     assert all(0 <= r["merged_alpha1"] <= 1 for r in rows)
     if regime == "tak":
         assert sorted(p.name for p in (tmp_path / "task_curvature").iterdir()) == \
