@@ -89,6 +89,19 @@ def _suite_spec(suite: str) -> tuple[str, dict]:
     return suite, {}
 
 
+def _key_values(flag: str, specs: list[str]) -> dict:
+    """``["a=1", "b=normalize"]`` → ``{"a": 1, "b": "normalize"}`` (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise DeltaMergeError(f"{flag} '{spec}' is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
 def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
                 config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None,
                 merge_param: Optional[list[str]] = None):
@@ -388,20 +401,27 @@ def tune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}"),
          preset: str = typer.Option("quick", help="quick (CPU) or full (GPU)"),
          out: Path = typer.Option(..., help="search directory (vectors per grid point are reused)"),
          tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
-         metric: str = typer.Option("merged_alpha1", help="merged_alpha1 | merged_best | single")) -> None:
+         metric: str = typer.Option("merged_alpha1", help="merged_alpha1 | merged_best | single"),
+         suite_option: list[str] = typer.Option([], "--suite-option",
+                                                help="KEY=VALUE suite option, as suite_options in a run config "
+                                                     "(repeatable; e.g. feature_transform=normalize)")) -> None:
     """Grid search of training settings scored on validation data only (TUNE.md, tune.json)."""
     from deltamerge.safeio import check_writable_dir
+    from deltamerge.suites import get_suite
     from deltamerge.tuning import parse_grid
     from deltamerge.tuning import tune as run_tune
 
     _preset(preset)
     choice("--metric", metric, ("merged_alpha1", "merged_best", "single"))
     grid_values = parse_grid(grid)
+    name, options = _suite_spec(suite)
+    options = {**options, **_key_values("--suite-option", suite_option)}
+    get_suite(name, options or None)  # unknown suite or options: refused before OUT is created
     check_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     hold(output_lock(out / ".lock", f"search directory {out}"))
-    rows = run_tune(suite, regime, grid_values, out, preset,
-                    [t.strip() for t in tasks.split(",")] if tasks else None, metric)
+    rows = run_tune(name, regime, grid_values, out, preset,
+                    [t.strip() for t in tasks.split(",")] if tasks else None, metric, suite_options=options)
     typer.echo((out / "TUNE.md").read_text())
     typer.echo(f"best: {rows[0]['point']}")
 
