@@ -81,7 +81,7 @@ def equivalence(out: str) -> None:
     from safetensors.torch import save_file
 
     from deltamerge import distributed as dist
-    from deltamerge.evaluation.accuracy import accuracy_along
+    from deltamerge.evaluation.evaluator import Evaluator
 
     setup_out = setup()  # before init: the same curvature as the test's process
     backbone, head, data, reference, curv = setup_out
@@ -92,7 +92,7 @@ def equivalence(out: str) -> None:
             for n, t in tv.deltas.items():
                 results[f"train/{name}/{role}/{n}"] = t
             if name == "nonlinear":
-                acc = accuracy_along(backbone, data, head, tv, [0.5, 1.0], batch_size=8, shard=True)
+                acc = Evaluator(batch_size=8, shard=True).accuracy_along(backbone, data, head, tv, [0.5, 1.0])
                 results["eval/nonlinear"] = torch.tensor([acc[0.5], acc[1.0]], dtype=torch.float64)
     for kind, cfg in curvature_configs().items():
         for layer in estimate_curvature(backbone, reference, cfg).layers:

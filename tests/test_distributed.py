@@ -23,7 +23,7 @@ from deltamerge import distributed as dist
 from deltamerge.artifacts import load_artifact
 from deltamerge.config import parse_train_config
 from deltamerge.errors import DeltaMergeError
-from deltamerge.evaluation.accuracy import accuracy_along
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.training import train
 from deltamerge.training.parallel import micro_batches
 
@@ -133,7 +133,7 @@ def test_two_rank_curvature_equals_one_process(two_rank, one_process, kind):
 def test_sharded_evaluation_equals_one_process(two_rank, one_process):
     backbone, head, data, _, curv = one_process
     tv = train(backbone, head, data, worker.train_config("nonlinear"), curv)["main"]
-    acc = accuracy_along(backbone, data, head, tv, [0.5, 1.0], batch_size=8)
+    acc = Evaluator(batch_size=8).accuracy_along(backbone, data, head, tv, [0.5, 1.0])
     assert two_rank["eval/nonlinear"].tolist() == pytest.approx([acc[0.5], acc[1.0]], abs=1e-9)
 
 

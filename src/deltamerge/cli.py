@@ -368,7 +368,8 @@ def evaluate(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
              tasks: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
     """Accuracy of θ0 + α·τ on every task of a suite (and its control task)."""
     from deltamerge.artifacts import fingerprint
-    from deltamerge.evaluation.accuracy import accuracy, cap
+    from deltamerge.evaluation.accuracy import cap
+    from deltamerge.evaluation.evaluator import Evaluator
     from deltamerge.taskvector import TaskVector
 
     if split not in ("val", "test"):
@@ -381,10 +382,11 @@ def evaluate(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
     chosen = s.tasks(preset, [t.strip() for t in tasks.split(",")] if tasks else None)
     chosen[s.control_name] = s.control(preset)
     ecfg = s.eval_config(preset)
+    evaluator = Evaluator(ecfg.batch_size)  # on the CPU, as this command always ran (the suite's device is not used)
     rows = {}
     for name, t in chosen.items():
         data = cap(getattr(t, split), ecfg.max_eval_examples)
-        rows[name] = accuracy(backbone, data, s.head(backbone, t), tv, alpha, ecfg.batch_size)
+        rows[name] = evaluator.accuracy(backbone, data, s.head(backbone, t), tv, alpha)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -133,7 +133,7 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
                "base_fingerprint": fingerprint(backbone), "tasks": list(tasks), "control": control.name,
                "merge_method": cfg.merge_method, **({"merge_params": cfg.merge_params} if cfg.merge_params else {}),
                "eval": eval_cfg.model_dump(mode="json"),
-               "hardware": {"device": str(ctx.device), "cpu": platform.processor() or platform.machine(),
+               "hardware": {"device": str(ctx.evaluator.device), "cpu": platform.processor() or platform.machine(),
                             "threads": torch.get_num_threads(), "torch": torch.__version__},
                "pretrained": protocols.pretrained(ctx, tasks), "regimes": {}, "teachers": {}, "extra_merges": {},
                "skipped": skipped}

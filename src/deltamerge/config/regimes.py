@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
+from deltamerge.config.profiles import PROFILES, expand_profile
 from deltamerge.config.shared import Strict
 from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 
@@ -75,8 +76,8 @@ class DeltaSettings(PenaltySchedule):
     teacher_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at f_lin(θ_T); released code: at f0 + α·Jτ_T
     projection_penalty_scale: float = Field(1.0, ge=0)  # DELTA drift: output projection's block ×this (released 0.1)
     dense_norm_blocks: bool = False  # released code: LayerNorm/class embedding with dense curvature ×10 (raises:
-    #                                  not implemented, see training/profiles.py)
-    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (training/profiles.py)
+    #                                  not implemented, see config/profiles.py)
+    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (config/profiles.py)
     kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
     penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
 
@@ -84,8 +85,6 @@ class DeltaSettings(PenaltySchedule):
     @classmethod
     def _profile(cls, data: Any) -> Any:
         """The profile's switches filled in where the user set none (only those this regime's class has)."""
-        from deltamerge.training.profiles import PROFILES, expand_profile
-
         if not isinstance(data, dict):
             return data
         full = expand_profile(data)

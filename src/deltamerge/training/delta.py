@@ -21,7 +21,7 @@ from torch import Tensor
 from deltamerge.data import Inputs
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.penalty_scaling import projection_weights, weighted
-from deltamerge.training.profiles import check_implemented
+from deltamerge.config.profiles import check_implemented
 from deltamerge.training.regime import Regime, check_finite, register
 
 
