@@ -200,7 +200,10 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
               out: Path = typer.Option(..., help="output .safetensors"),
               preset: str = "quick", probes: Optional[str] = typer.Option(None, help="exact or mc"),
               kind: Optional[str] = typer.Option(None, help="ekfac or kfac"),
-              num_examples: Optional[int] = None, force: bool = False) -> None:
+              num_examples: Optional[int] = None, force: bool = False,
+              dense_blocks: Optional[bool] = typer.Option(
+                  None, "--dense-blocks/--no-dense-blocks",
+                  help="also dense GGN blocks for LayerNorms / class embedding (DELTA's dense_norm_blocks)")) -> None:
     """Estimate the reference-set curvature (EK-FAC of the feature GGN) once for a suite's backbone."""
     from deltamerge.curvature import estimate_curvature
 
@@ -208,12 +211,15 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
     _write_lock(out, force)
     s = get_suite_checked(suite)
     cfg = s.curvature_config(preset)
-    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples}.items()
+    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples,
+                                 "dense_blocks": dense_blocks}.items()
                if v is not None}  # 0 is a value (refused), not "unset"
     cfg = cfg.model_validate({**cfg.model_dump(), **updates})
     curv = estimate_curvature(s.backbone(), s.reference(preset), cfg)
     curv.save(out, overwrite=force)
-    typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers, {curv.meta['num_data']} reference examples")
+    dense = f", {len(curv.dense)} dense blocks" if cfg.dense_blocks else ""
+    typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers{dense}, {curv.meta['num_data']} reference "
+               "examples")
 
 
 def get_suite_checked(name: str):

@@ -27,7 +27,9 @@ The wrapper answers three questions about the model:
   curvlinops fail with "differentiated Tensor ... not used in the graph").
 
 Trained parameters that no curvature block covers get no drift penalty; they are listed once when a curvature
-regime starts (a warning, or an error with ``uncovered="error"``).
+regime starts (a warning, or an error with ``uncovered="error"``). Dense curvature blocks (DELTA's
+``dense_norm_blocks``, curvature/dense_blocks.py) cover the LayerNorms the features depend on (found by the same probe)
+and class-token parameters (``cls_token``, ``class_embedding``); their parameters count as covered.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ PREFIX = "model."  #: parameter names of a wrapped model are the model's own nam
 FeatureFn = Callable[[Any, Inputs], Tensor]
 Selector = Union[None, str, "re.Pattern[str]", Iterable[Union[str, "re.Pattern[str]"]], Callable[[str], bool]]
 _ATTENTION = re.compile(r"(attn|attention)", re.IGNORECASE)
+_CLASS_EMBEDDINGS = ("cls_token", "class_embedding")  # leaf names of class-token parameters (ViT, CLIP)
 
 
 # ---- feature rules -------------------------------------------------------------------------------------------
@@ -198,6 +201,7 @@ class WrappedModel(Backbone):
         self.uncovered = uncovered
         self._trainable_sel, self._curvature_sel, self._attention_sel = trainable, curvature, attention
         self._covered: list[str] | None = None  # inner module names, set by probe()
+        self._norms: list[str] = []  # inner LayerNorm names the features depend on, set by probe()
         self.feature_dim = 0
         self.train(False)
 
@@ -262,14 +266,16 @@ class WrappedModel(Backbone):
         outputs: dict[str, list[Tensor]] = {}
         hooks = []
         candidates = {n: m for n, m in self.model.named_modules() if _curvature_candidate(m)}
-        for n, m in candidates.items():
+        norms = {n: m for n, m in self.model.named_modules()
+                 if isinstance(m, nn.LayerNorm) and getattr(m, "weight", None) is not None}
+        for n, m in {**candidates, **norms}.items():
             hooks.append(m.register_forward_hook(
                 lambda mod, args, out, n=n: outputs.setdefault(n, []).append(out) if isinstance(out, Tensor) else None))
         flags = {id(p): p.requires_grad for p in self.model.parameters()}
         try:
             for p in self.model.parameters():
                 p.requires_grad_(False)
-            for m in candidates.values():
+            for m in {**candidates, **norms}.values():
                 m.weight.requires_grad_(True)
             with torch.enable_grad():  # also when called under no_grad (e.g. inside an evaluation)
                 feats = self.forward(inputs)
@@ -283,6 +289,7 @@ class WrappedModel(Backbone):
             for p in self.model.parameters():
                 p.requires_grad_(flags[id(p)])
         reached = {n for n, g in zip(names, grads) if g is not None}
+        self._norms = [n for n in norms if n in reached]  # LayerNorms the features depend on (dense blocks)
         inner = [n for n in candidates if n in reached]  # named_modules order
         if self._curvature_sel is not None:
             chosen = set(_select(list(candidates), self._curvature_sel, "curvature patterns"))
@@ -303,6 +310,19 @@ class WrappedModel(Backbone):
         """Covered layers (outer names, ``model.`` prefix)."""
         self._require_probe()
         return [PREFIX + n for n in self._covered]
+
+    def dense_block_groups(self) -> dict[str, list[str]]:
+        """The LayerNorms the features depend on (weight and bias as one group) and class-embedding parameters
+        (leaf name ``cls_token`` — ViT — or ``class_embedding`` — CLIP), for DELTA's ``dense_norm_blocks``."""
+        self._require_probe()
+        groups = {}
+        for n in self._norms:
+            mod = self.model.get_submodule(n)
+            groups[PREFIX + n] = [f"{PREFIX}{n}.{p}" for p, _ in mod.named_parameters(recurse=False)]
+        for n in self._inner_params():
+            if n.rpartition(".")[2] in _CLASS_EMBEDDINGS:
+                groups[PREFIX + n] = [PREFIX + n]
+        return groups
 
     def _inner_params(self) -> list[str]:
         return [n for n, _ in self.model.named_parameters()]

@@ -89,12 +89,13 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     task_map = suite.tasks(preset, tasks)
     heads = load_or_build_heads(suite, backbone, task_map, out / rundir.HEADS)
     run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out, suite_options=suite_options or {})
-    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE)
+    base_cfg = suite.train_config(regime, preset)
+    dense = any(getattr(with_overrides(base_cfg, p), "dense_norm_blocks", False) for p in grid_points(grid, regime))
+    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE, dense_blocks=dense)
                  if regime_cls.needs_curvature else None)
     others = OtherTasks(suite, backbone, task_map, preset, out / "task_curvature", log)  # τJp's inputs, TAK's KFAC
     ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))
     method = get_method(merge_method)
-    base_cfg = suite.train_config(regime, preset)
     base = base_cfg.model_dump()
     rows = []
     for i, point in enumerate(grid_points(grid, regime)):

@@ -14,10 +14,12 @@ curvature estimate needs.
 Parameter policy (``default_trainable``): the weights and biases of every ``nn.Linear`` of the vision encoder
 (q/k/v/out projections, MLP fc1/fc2) and the ``visual_projection`` — the layers the EK-FAC covers. The paper says
 it fine-tunes "the visual encoder" with full fine-tuning; its released code trains only curvature-covered parameters
-and freezes the patch and position embeddings. We follow the covered-parameter rule: LayerNorms and the class
-embedding (which the released code covers with dense blocks we do not estimate) and the patch/position embeddings
-stay frozen, so no trained parameter escapes the drift penalty. ``trainable="all"`` trains the whole
-vision tower (the paper's wording), with LayerNorms/embeddings unregularised.
+and freezes the patch and position embeddings. We follow the covered-parameter rule: by default LayerNorms and the
+class embedding (which the released code covers with dense blocks) and the patch/position embeddings
+stay frozen, so no trained parameter escapes the drift penalty. DELTA's ``dense_norm_blocks`` (``profile: released``)
+adds the LayerNorms and the class embedding, each penalised by a dense curvature block (curvature/dense_blocks.py;
+``dense_block_groups``). ``trainable="all"`` trains the whole vision tower (the paper's wording), with the
+patch/position embeddings unregularised (and LayerNorms too unless the curvature has dense blocks).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class CLIPVision(Backbone):
         check_eager(clip_model, "CLIP")
         self.name = name
         self.projection_module = "visual_projection"  # down-weighted in TAK's penalty (training/penalty_scaling.py)
+        self.class_embeddings = ("vision_model.embeddings.class_embedding",)  # a dense block (dense_norm_blocks)
         self.vision_model = clip_model.vision_model
         self.visual_projection = clip_model.visual_projection
         self.image_size = int(clip_model.config.vision_config.image_size)

@@ -76,7 +76,8 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
                        modules: list[str] | None = None) -> Curvature:
     """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs (any source
     ``data_sources.as_inputs`` accepts), for ``modules``
-    (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes."""
+    (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes.
+    ``cfg.dense_blocks``: also a dense GGN block per LayerNorm / class embedding (curvature/dense_blocks.py)."""
     from curvlinops import EKFACLinearOperator, KFACLinearOperator
 
     from deltamerge.data_sources import as_inputs
@@ -86,15 +87,16 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     backbone = as_backbone(backbone, sample=lambda: take(reference, torch.arange(min(num_rows(reference), 2))))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
+    if cfg.dense_blocks:  # the Kronecker-factored layers, then the dense LayerNorm / class-embedding blocks
+        from deltamerge.curvature.dense_blocks import with_dense_blocks
+
+        curv = estimate_curvature(backbone, reference, cfg.model_copy(update={"dense_blocks": False}), modules)
+        return with_dense_blocks(curv, backbone, reference, cfg)
     modules = _resolve_modules(backbone, modules)
     split = _split_attention_keys(reference, cfg, modules)
     if split is not None:  # keys with KFAC-expand, the rest with reduce: two estimates, one curvature
         return _joined([estimate_curvature(backbone, reference, sub, mods) for sub, mods in split], cfg, backbone)
-    n = num_rows(reference)
-    if cfg.num_examples is not None and cfg.num_examples < n:
-        g = torch.Generator().manual_seed(cfg.seed)
-        reference = take(reference, torch.randperm(n, generator=g)[: cfg.num_examples])
-        n = cfg.num_examples
+    reference, n = subsample(reference, cfg)
     params: list[nn.Parameter] = []
     for name in modules:
         mod = backbone.get_submodule(name)
@@ -141,6 +143,15 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
     meta = {"backbone": backbone.name, "num_data": n, "kfac_approx": approx, "config": cfg.model_dump()}
     return Curvature(cfg.kind, layers, fingerprint(backbone), meta)
+
+
+def subsample(reference: Inputs, cfg: CurvatureConfig) -> tuple[Inputs, int]:
+    """The reference examples the estimate uses (``num_examples`` drawn with ``seed``; all by default) and N."""
+    n = num_rows(reference)
+    if cfg.num_examples is not None and cfg.num_examples < n:
+        g = torch.Generator().manual_seed(cfg.seed)
+        return take(reference, torch.randperm(n, generator=g)[: cfg.num_examples]), cfg.num_examples
+    return reference, n
 
 
 def _split_attention_keys(reference: Inputs, cfg: CurvatureConfig, modules: list[str]):
