@@ -53,11 +53,17 @@ def _modules() -> dict[str, Path]:
 def _imports() -> dict[str, set[str]]:
     """module → the deltamerge modules it imports anywhere in its body. ``from pkg import sub`` is an edge to the
     submodule ``pkg.sub`` (a package's own ``__init__`` re-exporting its submodules is no cycle), ``from pkg import
-    name`` one to ``pkg``."""
+    name`` one to ``pkg``. Imports under ``if TYPE_CHECKING:`` are annotations only (never executed) and not edges."""
     mods = _modules()
     graph = {m: set() for m in mods}
     for m, p in mods.items():
-        for node in ast.walk(ast.parse(p.read_text())):
+        tree = ast.parse(p.read_text())
+        type_only = {id(n) for block in ast.walk(tree)
+                     if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                     for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             names = []
             if isinstance(node, ast.ImportFrom):
                 assert node.level == 0, f"{m}: relative import (the layering check reads absolute ones)"

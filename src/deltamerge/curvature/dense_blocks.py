@@ -132,7 +132,7 @@ def estimate_dense_blocks(backbone: "Backbone", reference: Inputs, cfg: "Curvatu
     """G_p for every group (default: the backbone's ``dense_block_groups``) on the reference inputs, with the
     curvature config's probes (exact / mc × ``mc_samples``), ``num_examples`` subsample, ``batch_size``, ``seed``,
     ``feature_transform`` and ``device``."""
-    from deltamerge.curvature.estimate import subsample
+    from deltamerge.curvature.reference import subsample
     from deltamerge.curvature.sharded import shard_reference
     from deltamerge.distributed import all_reduce_tensors_, is_main
 

@@ -22,6 +22,7 @@ from deltamerge.distributed import is_main
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature
+from deltamerge.curvature.reference import subsample
 from deltamerge.curvature.sharded import all_reduce_corrections, all_reduce_factors, broadcast_eigenbases, \
     shard_reference
 from deltamerge.curvature.token_layers import MaskHolder, is_attention_key, masked_operator
@@ -143,15 +144,6 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
     meta = {"backbone": backbone.name, "num_data": n, "kfac_approx": approx, "config": cfg.model_dump()}
     return Curvature(cfg.kind, layers, fingerprint(backbone), meta)
-
-
-def subsample(reference: Inputs, cfg: CurvatureConfig) -> tuple[Inputs, int]:
-    """The reference examples the estimate uses (``num_examples`` drawn with ``seed``; all by default) and N."""
-    n = num_rows(reference)
-    if cfg.num_examples is not None and cfg.num_examples < n:
-        g = torch.Generator().manual_seed(cfg.seed)
-        return take(reference, torch.randperm(n, generator=g)[: cfg.num_examples]), cfg.num_examples
-    return reference, n
 
 
 def _split_attention_keys(reference: Inputs, cfg: CurvatureConfig, modules: list[str]):
