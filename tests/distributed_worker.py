@@ -90,6 +90,22 @@ def dense_setup():
         CurvatureConfig(probes="exact", batch_size=4, progress=False)
 
 
+def token_setup():
+    """A tiny random BERT and 13 padded sentences (shards of 7 and 6) for the token-masked KFAC / EK-FAC."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from token_curvature import sentences, tiny_bert
+
+    return tiny_bert(), sentences(13, 10, seed=4)
+
+
+def token_curvature_configs() -> dict[str, CurvatureConfig]:
+    """Padding masked, attention keys under KFAC-expand (the token-model defaults), exact probes."""
+    return {kind: CurvatureConfig(kind=kind, probes="exact", batch_size=4, progress=False, jitter=0.0)
+            for kind in ("ekfac", "kfac")}
+
+
 def equivalence(out: str) -> None:
     from safetensors.torch import save_file
 
@@ -115,6 +131,11 @@ def equivalence(out: str) -> None:
 
     for block in estimate_dense_blocks(*dense_setup()):
         results[f"dense/{block.name}"] = block.G
+    bert, sentences = token_setup()
+    for kind, cfg in token_curvature_configs().items():
+        for layer in estimate_curvature(bert, sentences, cfg).layers:
+            for k, t in layer.tensors.items():
+                results[f"tokcurv/{kind}/{layer.module}/{k}"] = t
     results["world_size"] = torch.tensor(dist.world_size())
     from deltamerge.errors import DeltaMergeError
 

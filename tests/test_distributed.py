@@ -130,6 +130,30 @@ def test_two_rank_curvature_equals_one_process(two_rank, one_process, kind):
         _close(got.penalty(delta), curv.penalty(delta), f"{kind} penalty", rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["ekfac", "kfac"])
+def test_two_rank_token_curvature_equals_one_process(two_rank, kind):
+    """Token model, padding masked and attention keys under KFAC-expand, 13 padded sentences sharded 7 / 6: the
+    masked token counts and factors summed over ranks = the one-process estimate (KFAC entry by entry, EK-FAC
+    through its quadratic form)."""
+    from deltamerge.curvature import Curvature, LayerCurvature, estimate_curvature
+
+    bert, sentences = worker.token_setup()
+    curv = estimate_curvature(bert, sentences, worker.token_curvature_configs()[kind])
+    layers = [LayerCurvature(l.module, l.weight, l.bias, {k: two_rank[f"tokcurv/{kind}/{l.module}/{k}"]
+                                                          for k in l.tensors}, l.joint) for l in curv.layers]
+    got = Curvature(kind, layers, curv.base_fingerprint)
+    if kind == "kfac":
+        for layer, mine in zip(curv.layers, layers):
+            for k, t in layer.tensors.items():
+                _close(mine.tensors[k], t, f"{layer.module} {k}", rtol=1e-6, atol=1e-10)
+    g = torch.Generator().manual_seed(3)
+    params = dict(bert.named_parameters())
+    for _ in range(5):
+        delta = {n: torch.randn(params[n].shape, generator=g, dtype=torch.float64) for n in curv.parameter_names}
+        # EK-FAC: rtol 1e-5 as for the dense model above (the eigenbases come from factors summed in another order)
+        _close(got.penalty(delta), curv.penalty(delta), f"{kind} token penalty", rtol=1e-5 if kind == "ekfac" else 1e-9)
+
+
 def test_two_rank_dense_blocks_equal_one_process(two_rank):
     """Dense LayerNorm blocks (exact probes) on a reference set sharded 7 / 6: the all-reduced sums / global N."""
     from deltamerge.curvature.dense_blocks import estimate_dense_blocks
