@@ -71,6 +71,11 @@ def default_call(model: nn.Module, inputs: Inputs) -> Any:
     return core(**inputs, **kwargs) if isinstance(inputs, dict) else core(inputs, **kwargs)
 
 
+def whole_batch(model: nn.Module, inputs: Inputs) -> Any:
+    """``call=whole_batch``: the batch as one positional argument (a model whose ``forward`` takes the dict itself)."""
+    return model(inputs)
+
+
 def use_attention(model: nn.Module, implementation: str, name: str) -> None:
     """Switch a transformers model to ``implementation`` (``set_attn_implementation``); refuse one that cannot
     switch (attention chosen per class at construction, e.g. BERT's SDPA class): load it with that implementation.
