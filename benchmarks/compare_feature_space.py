@@ -25,7 +25,7 @@ def rows(name: str, r: dict) -> list[str]:
         single_val = _mean(v["finetuned_val"] for v in res["single"].values())
         single_test = _mean(v["finetuned_test"] for v in res["single"].values())
         sweep = {row["alpha"]: row for row in res["addition"]["sweep"]}
-        best = max(sweep, key=lambda a: sweep[a]["val_norm"])
+        best = res["addition"]["best"]["alpha"]  # chosen by protocols.best_alpha when the run was evaluated
         at1 = sweep[1.0]
         neg = res.get("negation")
         neg_txt = f"{100 * neg['target']:.1f} / {100 * neg['control']:.1f}" if neg else "—"

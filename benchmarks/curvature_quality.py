@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from deltamerge import rundir
 from deltamerge.artifacts import fingerprint
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature import estimate_curvature
@@ -58,7 +59,7 @@ def main() -> None:
     tasks = suite.tasks("quick")
     ref = suite.reference("quick")[:args.samples]
     fp = fingerprint(backbone)
-    vecs = {t: TaskVector.load(args.run / "vectors" / "delta" / f"{t}.safetensors", fp) for t in tasks}
+    vecs = {t: TaskVector.load(rundir.vector_path(args.run / rundir.VECTORS, "delta", t), fp) for t in tasks}
     names = sorted(next(iter(vecs.values())).deltas)
     model = FunctionalModel(backbone, names)
     directions = {t: v.deltas for t, v in vecs.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from deltamerge import rundir
 from deltamerge.artifacts import fingerprint
 from deltamerge.config import RunConfig
 from deltamerge.evaluation import protocols
@@ -47,9 +48,9 @@ def main() -> None:
     suite = get_suite(run.suite, run.suite_options)
     backbone = suite.backbone()
     tasks = suite.tasks(run.preset, run.tasks)
-    heads = load_or_build_heads(suite, backbone, tasks, args.run / "heads.safetensors")
+    heads = load_or_build_heads(suite, backbone, tasks, args.run / rundir.HEADS)
     fp = fingerprint(backbone)
-    vecs = {t: TaskVector.load(args.run / "vectors" / "nonlinear" / f"{t}.safetensors", fp) for t in tasks}
+    vecs = {t: TaskVector.load(rundir.vector_path(args.run / rundir.VECTORS, "nonlinear", t), fp) for t in tasks}
     cfg = suite.eval_config(run.preset).model_copy(update={"max_eval_examples": args.max_eval})
     grid = cfg.grid_for("tsv")
     cfg = cfg.model_copy(update={"alpha_grids": {**cfg.alpha_grids, "tsv-svd-conv": grid, "isoc-svd-conv": grid}})

@@ -1,8 +1,8 @@
 """Worker processes for tests/test_distributed.py (launched 2× by ``python -m torch.distributed.run`` or by hand).
 
 ``python distributed_worker.py equivalence OUT``: trains nonlinear / linear / delta (plain, with gradient
-accumulation, with an uneven batch), estimates EK-FAC and KFAC on a sharded reference set, evaluates with sharded
-accuracy; rank 0 writes every result to OUT (safetensors) for the test to compare with one process.
+accumulation, with an uneven batch), estimates EK-FAC, KFAC and dense blocks on a sharded reference set, evaluates
+with sharded accuracy; rank 0 writes every result to OUT (safetensors) for the test to compare with one process.
 ``python distributed_worker.py cli DIE_AT SIGNAL -- ARGS``: the ``deltamerge`` CLI with ARGS; rank 1 sends itself
 SIGNAL (KILL or STOP) at training step DIE_AT (-1: never) — a rank that dies or hangs mid-training.
 """
@@ -77,11 +77,24 @@ def curvature_configs() -> dict[str, CurvatureConfig]:
             for kind in ("ekfac", "kfac")}
 
 
+def dense_setup():
+    """A LayerNorm model and token inputs for the dense curvature blocks (13 examples: shards of 7 and 6)."""
+    from deltamerge.backbones.toy import ToyTransformer
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 20, (13, 6), generator=g)
+    mask = torch.ones_like(ids)
+    mask[5:, -2:] = 0
+    return ToyTransformer(), {"input_ids": ids, "attention_mask": mask}, \
+        CurvatureConfig(probes="exact", batch_size=4, progress=False)
+
+
 def equivalence(out: str) -> None:
     from safetensors.torch import save_file
 
     from deltamerge import distributed as dist
-    from deltamerge.evaluation.accuracy import accuracy_along
+    from deltamerge.evaluation.evaluator import Evaluator
 
     setup_out = setup()  # before init: the same curvature as the test's process
     backbone, head, data, reference, curv = setup_out
@@ -92,12 +105,16 @@ def equivalence(out: str) -> None:
             for n, t in tv.deltas.items():
                 results[f"train/{name}/{role}/{n}"] = t
             if name == "nonlinear":
-                acc = accuracy_along(backbone, data, head, tv, [0.5, 1.0], batch_size=8, shard=True)
+                acc = Evaluator(batch_size=8, shard=True).accuracy_along(backbone, data, head, tv, [0.5, 1.0])
                 results["eval/nonlinear"] = torch.tensor([acc[0.5], acc[1.0]], dtype=torch.float64)
     for kind, cfg in curvature_configs().items():
         for layer in estimate_curvature(backbone, reference, cfg).layers:
             for k, t in layer.tensors.items():
                 results[f"curv/{kind}/{layer.module}/{k}"] = t
+    from deltamerge.curvature.dense_blocks import estimate_dense_blocks
+
+    for block in estimate_dense_blocks(*dense_setup()):
+        results[f"dense/{block.name}"] = block.G
     results["world_size"] = torch.tensor(dist.world_size())
     from deltamerge.errors import DeltaMergeError
 

@@ -16,6 +16,7 @@ from deltamerge.config import DiagnosticsConfig, RunConfig
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import diagnostics as dg
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.taskvector import TaskVector
 
 runner = CliRunner()
@@ -139,7 +140,7 @@ def test_edit_distance_matches_direct_computation():
     with torch.no_grad():
         expected = (_materialised(backbone, tv)(data.inputs) - backbone(data.inputs)).square().sum(-1) / 6
     assert torch.allclose(dg.edit_distance(backbone, tv, data).double(), expected, rtol=1e-5)
-    base = dg.features_at(backbone, data, [], [[]])[0]
+    base = Evaluator().features_at(backbone, data, [], [[]])[0]
     assert torch.allclose(dg.edit_distance(backbone, tv, data, base=base).double(), expected, rtol=1e-5)
     zero = tv * 0.0
     assert torch.equal(dg.edit_distance(backbone, zero, data), torch.zeros(12))
@@ -177,9 +178,9 @@ def test_mixed_kinds_and_bad_rows_are_refused():
     a = _random_vector(backbone, 0.1)
     b = TaskVector(a.deltas, a.base_fingerprint, "linear")
     with pytest.raises(DeltaMergeError, match="linear and nonlinear"):
-        dg.features_at(backbone, _data(), [a, b], [[1.0, 1.0]])
+        Evaluator().features_at(backbone, _data(), [a, b], [[1.0, 1.0]])
     with pytest.raises(DeltaMergeError, match="one per task vector"):
-        dg.features_at(backbone, _data(), [a], [[1.0, 1.0]])
+        Evaluator().features_at(backbone, _data(), [a], [[1.0, 1.0]])
     with pytest.raises(DeltaMergeError, match="at least two"):
         dg.linearization_error(backbone, [a], _data())
 

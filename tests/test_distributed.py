@@ -23,7 +23,7 @@ from deltamerge import distributed as dist
 from deltamerge.artifacts import load_artifact
 from deltamerge.config import parse_train_config
 from deltamerge.errors import DeltaMergeError
-from deltamerge.evaluation.accuracy import accuracy_along
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.training import train
 from deltamerge.training.parallel import micro_batches
 
@@ -130,10 +130,20 @@ def test_two_rank_curvature_equals_one_process(two_rank, one_process, kind):
         _close(got.penalty(delta), curv.penalty(delta), f"{kind} penalty", rtol=1e-5)
 
 
+def test_two_rank_dense_blocks_equal_one_process(two_rank):
+    """Dense LayerNorm blocks (exact probes) on a reference set sharded 7 / 6: the all-reduced sums / global N."""
+    from deltamerge.curvature.dense_blocks import estimate_dense_blocks
+
+    blocks = estimate_dense_blocks(*worker.dense_setup())
+    assert [b.name for b in blocks] == ["ln1", "ln2"]
+    for b in blocks:
+        _close(two_rank[f"dense/{b.name}"], b.G, f"dense {b.name}", rtol=1e-5, atol=1e-7)
+
+
 def test_sharded_evaluation_equals_one_process(two_rank, one_process):
     backbone, head, data, _, curv = one_process
     tv = train(backbone, head, data, worker.train_config("nonlinear"), curv)["main"]
-    acc = accuracy_along(backbone, data, head, tv, [0.5, 1.0], batch_size=8)
+    acc = Evaluator(batch_size=8).accuracy_along(backbone, data, head, tv, [0.5, 1.0])
     assert two_rank["eval/nonlinear"].tolist() == pytest.approx([acc[0.5], acc[1.0]], abs=1e-9)
 
 

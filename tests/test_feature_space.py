@@ -13,7 +13,7 @@ from deltamerge.curvature import estimate_curvature
 from deltamerge.curvature.estimate import exact_drift
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
-from deltamerge.evaluation.accuracy import features_along
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.feature_space import apply_transform, check_feature_space, common_transform, vector_transform
 from deltamerge.heads import prototype_head
 from deltamerge.linearize import FunctionalModel
@@ -123,7 +123,7 @@ def test_vectors_remember_their_feature_space_through_merges_and_negation():
         direction = get_method(method).prepare(vecs).direction
         assert vector_transform(direction) == "normalize" and vector_transform(-direction) == "normalize"
     data = ArrayDataset(torch.randn(6, 8), torch.zeros(6, dtype=torch.long))
-    feats = features_along(backbone, data, vecs[0], [0.0, 1.0])
+    feats = Evaluator().features_along(backbone, data, vecs[0], [0.0, 1.0])
     model = FunctionalModel(backbone, names, transform="normalize")
     g0, jt = model.linearized(data.inputs, vecs[0].deltas)
     assert torch.allclose(feats[0.0], g0, atol=1e-6) and torch.allclose(feats[1.0], g0 + jt, atol=1e-6)

@@ -17,7 +17,7 @@ from deltamerge.config import CurvatureConfig, RunConfig, recipe_config
 from deltamerge.curvature import estimate_curvature
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
-from deltamerge.evaluation.accuracy import features_along
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.linearize import FunctionalModel
 from deltamerge.pipeline import run
 from deltamerge.taskvector import TaskVector
@@ -224,7 +224,7 @@ def test_lora_linear_is_the_linearization_in_adapter_space():
     assert not torch.allclose(trained, backbone(x), atol=1e-3)
     deltas, factors = reg.export("main")
     tv = TaskVector(deltas, fingerprint(backbone), "linear", {}, factors)
-    evaluated = features_along(backbone, ArrayDataset(x, torch.zeros(7, dtype=torch.long)), tv, [1.0])[1.0]
+    evaluated = Evaluator().features_along(backbone, ArrayDataset(x, torch.zeros(7, dtype=torch.long)), tv, [1.0])[1.0]
     assert torch.allclose(evaluated.double(), trained.float().double(), atol=1e-6)
 
 

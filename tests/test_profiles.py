@@ -49,11 +49,12 @@ def test_released_profile_through_run_overrides():
     assert cfg.lr == get_suite("synthetic").train_config("delta", "quick").lr  # the suite's settings are kept
 
 
-def test_dense_norm_blocks_is_refused_not_ignored():
+def test_released_profile_runs_with_and_without_dense_norm_blocks():
+    """An MLP has no LayerNorm: dense_norm_blocks adds nothing (LayerNorm models: tests/test_dense_blocks.py)."""
     backbone, head = ToyMLP(), Head(torch.randn(2, 6))
     curv = estimate_curvature(backbone, torch.randn(16, 8), CurvatureConfig(probes="exact", progress=False))
-    with pytest.raises(NotImplementedError, match="dense_norm_blocks"):
-        train(backbone, head, _data(), _cfg(profile="released"), curvature=curv)
+    out = train(backbone, head, _data(), _cfg(profile="released"), curvature=curv)
+    assert out["student"].meta["config"]["dense_norm_blocks"] is True
     out = train(backbone, head, _data(), _cfg(profile="released", dense_norm_blocks=False), curvature=curv)
     assert out["student"].meta["config"]["teacher_ce_at"] == "alpha"
 

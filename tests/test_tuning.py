@@ -51,3 +51,26 @@ def test_tune_gives_tak_and_taujp_the_other_tasks(tmp_path, regime):
     if regime == "tak":
         assert sorted(p.name for p in (tmp_path / "task_curvature").iterdir()) == \
             ["task0.kfac.safetensors", "task1.kfac.safetensors"]
+
+
+def test_tune_suite_options_are_recorded_and_a_search_dir_keeps_its_own(tmp_path):
+    tune("synthetic", "nonlinear", {"lr": [1e-2]}, tmp_path, tasks=["task0", "task1"])
+    assert json.loads((tmp_path / "tune.json").read_text())["suite_options"] == {}
+    # vectors and heads in OUT were built without options: a search with other options must not reuse them
+    with pytest.raises(DeltaMergeError, match="fresh --out"):
+        tune("synthetic", "nonlinear", {"lr": [1e-2]}, tmp_path, tasks=["task0", "task1"],
+             suite_options={"feature_transform": "normalize"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite-option", "novalue"], "is not KEY=VALUE"),
+    (["--suite-option", "bogus=1"], "takes no options"),
+])
+def test_tune_cli_refuses_bad_suite_options_before_creating_out(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from deltamerge.cli import app
+
+    out = tmp_path / "search"
+    result = CliRunner().invoke(app, ["tune", "synthetic", "--grid", "lr=1e-3", "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output and not out.exists()

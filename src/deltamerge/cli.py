@@ -89,6 +89,19 @@ def _suite_spec(suite: str) -> tuple[str, dict]:
     return suite, {}
 
 
+def _key_values(flag: str, specs: list[str]) -> dict:
+    """``["a=1", "b=normalize"]`` → ``{"a": 1, "b": "normalize"}`` (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise DeltaMergeError(f"{flag} '{spec}' is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
 def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
                 config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None,
                 merge_param: Optional[list[str]] = None):
@@ -187,7 +200,10 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
               out: Path = typer.Option(..., help="output .safetensors"),
               preset: str = "quick", probes: Optional[str] = typer.Option(None, help="exact or mc"),
               kind: Optional[str] = typer.Option(None, help="ekfac or kfac"),
-              num_examples: Optional[int] = None, force: bool = False) -> None:
+              num_examples: Optional[int] = None, force: bool = False,
+              dense_blocks: Optional[bool] = typer.Option(
+                  None, "--dense-blocks/--no-dense-blocks",
+                  help="also dense GGN blocks for LayerNorms / class embedding (DELTA's dense_norm_blocks)")) -> None:
     """Estimate the reference-set curvature (EK-FAC of the feature GGN) once for a suite's backbone."""
     from deltamerge.curvature import estimate_curvature
 
@@ -195,12 +211,15 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
     _write_lock(out, force)
     s = get_suite_checked(suite)
     cfg = s.curvature_config(preset)
-    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples}.items()
+    updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples,
+                                 "dense_blocks": dense_blocks}.items()
                if v is not None}  # 0 is a value (refused), not "unset"
     cfg = cfg.model_validate({**cfg.model_dump(), **updates})
     curv = estimate_curvature(s.backbone(), s.reference(preset), cfg)
     curv.save(out, overwrite=force)
-    typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers, {curv.meta['num_data']} reference examples")
+    dense = f", {len(curv.dense)} dense blocks" if cfg.dense_blocks else ""
+    typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers{dense}, {curv.meta['num_data']} reference "
+               "examples")
 
 
 def get_suite_checked(name: str):
@@ -355,7 +374,8 @@ def evaluate(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
              tasks: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
     """Accuracy of θ0 + α·τ on every task of a suite (and its control task)."""
     from deltamerge.artifacts import fingerprint
-    from deltamerge.evaluation.accuracy import accuracy, cap
+    from deltamerge.evaluation.accuracy import cap
+    from deltamerge.evaluation.evaluator import Evaluator
     from deltamerge.taskvector import TaskVector
 
     if split not in ("val", "test"):
@@ -368,10 +388,11 @@ def evaluate(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
     chosen = s.tasks(preset, [t.strip() for t in tasks.split(",")] if tasks else None)
     chosen[s.control_name] = s.control(preset)
     ecfg = s.eval_config(preset)
+    evaluator = Evaluator(ecfg.batch_size)  # on the CPU, as this command always ran (the suite's device is not used)
     rows = {}
     for name, t in chosen.items():
         data = cap(getattr(t, split), ecfg.max_eval_examples)
-        rows[name] = accuracy(backbone, data, s.head(backbone, t), tv, alpha, ecfg.batch_size)
+        rows[name] = evaluator.accuracy(backbone, data, s.head(backbone, t), tv, alpha)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -388,20 +409,27 @@ def tune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}"),
          preset: str = typer.Option("quick", help="quick (CPU) or full (GPU)"),
          out: Path = typer.Option(..., help="search directory (vectors per grid point are reused)"),
          tasks: Optional[str] = typer.Option(None, help="comma-separated subset of the suite's tasks"),
-         metric: str = typer.Option("merged_alpha1", help="merged_alpha1 | merged_best | single")) -> None:
+         metric: str = typer.Option("merged_alpha1", help="merged_alpha1 | merged_best | single"),
+         suite_option: list[str] = typer.Option([], "--suite-option",
+                                                help="KEY=VALUE suite option, as suite_options in a run config "
+                                                     "(repeatable; e.g. feature_transform=normalize)")) -> None:
     """Grid search of training settings scored on validation data only (TUNE.md, tune.json)."""
     from deltamerge.safeio import check_writable_dir
+    from deltamerge.suites import get_suite
     from deltamerge.tuning import parse_grid
     from deltamerge.tuning import tune as run_tune
 
     _preset(preset)
     choice("--metric", metric, ("merged_alpha1", "merged_best", "single"))
     grid_values = parse_grid(grid)
+    name, options = _suite_spec(suite)
+    options = {**options, **_key_values("--suite-option", suite_option)}
+    get_suite(name, options or None)  # unknown suite or options: refused before OUT is created
     check_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     hold(output_lock(out / ".lock", f"search directory {out}"))
-    rows = run_tune(suite, regime, grid_values, out, preset,
-                    [t.strip() for t in tasks.split(",")] if tasks else None, metric)
+    rows = run_tune(name, regime, grid_values, out, preset,
+                    [t.strip() for t in tasks.split(",")] if tasks else None, metric, suite_options=options)
     typer.echo((out / "TUNE.md").read_text())
     typer.echo(f"best: {rows[0]['point']}")
 

@@ -24,7 +24,8 @@ from torch import Tensor
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
-from deltamerge.evaluation.accuracy import features_along
+from deltamerge.linearize import base_features
+from deltamerge.model import as_backbone
 
 
 def check_frozen_head(head: Any) -> None:
@@ -98,7 +99,9 @@ def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: in
     rest[shot_idx] = False
     calib_idx = rest.nonzero().flatten()
     calib_idx = calib_idx[torch.randperm(len(calib_idx), generator=torch.Generator().manual_seed(seed))[:calibration]]
-    feats = features_along(backbone, train.subset(torch.cat([shot_idx, calib_idx])), None, [1.0], device=device)[1.0]
+    chosen = train.subset(torch.cat([shot_idx, calib_idx]))
+    backbone = as_backbone(backbone, sample=lambda: chosen.subset(torch.arange(min(len(chosen), 2))).inputs)
+    feats = base_features(backbone.to(device).eval(), chosen, 256, device)  # f(x; θ0), 256 examples per batch
     k = len(shot_idx)
     calib = (feats[k:], train.labels[calib_idx]) if len(calib_idx) else (None, None)
     return prototype_head(feats[:k], train.labels[shot_idx], num_classes, *calib, prenormalize=prenormalize)

@@ -14,7 +14,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from deltamerge.backbones.base import Backbone
-from deltamerge.data import Inputs
+from deltamerge.data import ArrayDataset, Inputs, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.feature_space import apply_transform
 
@@ -85,3 +85,17 @@ class FunctionalModel:
                                       f"AD of {type(self.backbone).__name__} does not run under autocast on this "
                                       "device (seen: frozen depthwise convs on CPU); train without bf16") from exc
             raise
+
+
+@torch.no_grad()
+def base_features(backbone: Backbone, data: ArrayDataset, batch_size: int, device: torch.device | str,
+                  transform: str = "identity", reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """g(x; θ0) = T(f(x; θ0)) of every example of ``data``, batch by batch in order, as float32 on the CPU ([N, D],
+    or ``reduce`` applied to each batch's features). The one θ0 feature pass, shared by the evaluator
+    (``evaluation.evaluator``) and the few-shot heads; ``backbone`` must already be on ``device``."""
+    model = FunctionalModel(backbone, [], transform=transform)
+    out = []
+    for x, _ in data.batches(batch_size):
+        f = model.features(to_device(x, device)).float()
+        out.append((reduce(f) if reduce is not None else f).cpu())
+    return torch.cat(out)

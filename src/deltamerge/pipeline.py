@@ -125,7 +125,10 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     curvature = None
     if any(get_regime(r).needs_curvature for r in regimes):
         t0 = time.perf_counter()
-        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE)
+        # one curvature serves every regime: with dense blocks when a DELTA config asks for them (dense_norm_blocks)
+        dense = any(getattr(train_config(suite, cfg, r), "dense_norm_blocks", False) for r in regimes
+                    if get_regime(r).needs_curvature)
+        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense)
         timing["curvature_s"] = round(time.perf_counter() - t0, 2)
     eval_cfg = cfg.eval or suite.eval_config(cfg.preset)
     ctx = protocols.EvalContext(backbone, heads, eval_cfg)
@@ -133,7 +136,7 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
                "base_fingerprint": fingerprint(backbone), "tasks": list(tasks), "control": control.name,
                "merge_method": cfg.merge_method, **({"merge_params": cfg.merge_params} if cfg.merge_params else {}),
                "eval": eval_cfg.model_dump(mode="json"),
-               "hardware": {"device": str(ctx.device), "cpu": platform.processor() or platform.machine(),
+               "hardware": {"device": str(ctx.evaluator.device), "cpu": platform.processor() or platform.machine(),
                             "threads": torch.get_num_threads(), "torch": torch.__version__},
                "pretrained": protocols.pretrained(ctx, tasks), "regimes": {}, "teachers": {}, "extra_merges": {},
                "skipped": skipped}

@@ -22,11 +22,12 @@ from pydantic import ValidationError
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, write_json
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import DIAGNOSTIC_NAMES, DiagnosticsConfig, RunConfig, load_yaml, resolve_device
+from deltamerge.config import DIAGNOSTIC_NAMES, DiagnosticsConfig, RunConfig, load_yaml
 from deltamerge.data import ArrayDataset, Task
 from deltamerge.errors import DeltaMergeError, validation_message
 from deltamerge.evaluation import diagnostics as metrics
 from deltamerge.evaluation.accuracy import cap
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.feature_space import common_transform
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
@@ -71,7 +72,8 @@ def _vector_paths(run_dir: Path, regimes: list[str], tasks: list[str]) -> dict[s
 
 @dataclass
 class DiagContext:
-    """Everything one diagnostic needs; vectors are loaded on first use."""
+    """Everything one diagnostic needs; vectors are loaded on first use. The evaluator is built once from ``dcfg``
+    (unsharded: the diagnostics are rank 0's)."""
 
     run_dir: Path
     cfg: RunConfig
@@ -80,16 +82,16 @@ class DiagContext:
     loader: Callable[[], Loaded]
     _loaded: Loaded | None = None
     _vectors: dict = field(default_factory=dict)
+    evaluator: Evaluator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.evaluator = Evaluator.from_config(self.dcfg)
 
     @property
     def loaded(self) -> Loaded:
         if self._loaded is None:
             self._loaded = self.loader()
         return self._loaded
-
-    @property
-    def device(self):
-        return resolve_device(self.dcfg.device)
 
     @property
     def task_names(self) -> list[str]:
@@ -140,7 +142,7 @@ def disentanglement(ctx: DiagContext) -> dict:
         per_pair = []
         for a, b in pairs:
             xi = metrics.disentanglement_error(ctx.loaded.backbone, (vecs[a], vecs[b]), (test[a], test[b]),
-                                               (heads[a], heads[b]), alphas, ctx.dcfg.batch_size, ctx.device)
+                                               (heads[a], heads[b]), alphas, ctx.evaluator)
             per_pair.append({"tasks": [a, b], "xi": [_rounded(row) for row in xi.tolist()],
                              "mean": float(xi.mean())})
         out["regimes"][regime] = per_pair
@@ -153,8 +155,8 @@ def linearization(ctx: DiagContext) -> dict:
     out = {"tasks": ctx.task_names, "regimes": {}}
     for regime in ctx.paths:
         vecs = [ctx.vectors(regime)[t] for t in ctx.task_names]
-        values = {t: _rounded(metrics.linearization_error(ctx.loaded.backbone, vecs, d, ctx.dcfg.batch_size,
-                                                          ctx.device).tolist()) for t, d in test.items()}
+        values = {t: _rounded(metrics.linearization_error(ctx.loaded.backbone, vecs, d, ctx.evaluator).tolist())
+                  for t, d in test.items()}
         out["regimes"][regime] = {"values": values, "median": {t: _median(v) for t, v in values.items()}}
     return out
 
@@ -163,18 +165,18 @@ def localization(ctx: DiagContext) -> dict:
     """Edit distance of each τ_t on task t's training inputs (in-domain) and the other tasks' (out-of-domain)
     (paper Fig. 5 / 16)."""
     train = ctx.splits("train", ctx.dcfg.max_examples)
-    bb, bs, dev = ctx.loaded.backbone, ctx.dcfg.batch_size, ctx.device
+    bb, ev = ctx.loaded.backbone, ctx.evaluator
     bases: dict[str, dict] = {}  # g(x; θ0) per feature transform, computed once
     out = {"tasks": ctx.task_names, "regimes": {}}
     for regime in ctx.paths:
         per_task = {}
         space = common_transform(ctx.vectors(regime).values())
         if space not in bases:
-            bases[space] = {s: metrics.features_at(bb, d, [], [[]], bs, dev, transform=space)[0]
+            bases[space] = {s: ev.features_at(bb, d, [], [[]], transform=space)[0]
                             for s, d in train.items()}
         base = bases[space]
         for t, vec in ctx.vectors(regime).items():
-            dist = {s: metrics.edit_distance(bb, vec, d, bs, dev, base=base[s]).tolist() for s, d in train.items()}
+            dist = {s: metrics.edit_distance(bb, vec, d, ev, base=base[s]).tolist() for s, d in train.items()}
             per_task[t] = {"in_domain": _rounded(dist[t]),
                            "out_of_domain": _rounded(v for s, vals in dist.items() if s != t for v in vals)}
         pooled = {k: [v for p in per_task.values() for v in p[k]] for k in ("in_domain", "out_of_domain")}
@@ -197,7 +199,7 @@ def alpha_sweep(ctx: DiagContext) -> dict:
     method = _merge_method(ctx.cfg)
     for label, regime, role in _models(ctx):
         acc = metrics.merged_accuracy(ctx.loaded.backbone, ctx.vectors(regime, role), test, heads, alphas,
-                                      method, ctx.dcfg.batch_size, ctx.device)
+                                      method, ctx.evaluator)
         mean = [sum(acc[t][i] for t in acc) / len(acc) for i in range(len(alphas))]
         out["models"][label] = {"regime": regime, "role": role, "per_task": acc, "mean": mean}
     return out
@@ -214,10 +216,9 @@ def student_teacher(ctx: DiagContext) -> dict:
         for role in roles:
             vecs = ctx.vectors(regime, role)
             merged = metrics.merged_accuracy(ctx.loaded.backbone, vecs, test, heads, [1.0], _merge_method(ctx.cfg),
-                                             ctx.dcfg.batch_size, ctx.device)
+                                             ctx.evaluator)
             out["regimes"][regime][role] = {
-                "single": metrics.single_task_accuracy(ctx.loaded.backbone, vecs, test, heads,
-                                                       ctx.dcfg.batch_size, ctx.device),
+                "single": metrics.single_task_accuracy(ctx.loaded.backbone, vecs, test, heads, ctx.evaluator),
                 "merged": {t: v[0] for t, v in merged.items()}}
     return out
 

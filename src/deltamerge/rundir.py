@@ -42,12 +42,17 @@ def log_path(main: Path) -> Path:
     return Path(main).with_name(f"{Path(main).name.removesuffix(SUFFIX)}.log.jsonl")
 
 
+def vector_path(vec_root: Path, regime: str, task: str) -> Path:
+    """The regime's product for one task under ``vec_root``: VEC_ROOT/REGIME/TASK.safetensors."""
+    return Path(vec_root) / regime / f"{task}{SUFFIX}"
+
+
 def vector_paths(vec_root: Path, regime: str, task: str) -> dict[str, Path]:
     """{role: file} of one task's vectors under ``vec_root`` (RUN/vectors, or a tuning point's directory)."""
     from deltamerge.training import get_regime
 
     cls = get_regime(regime)
-    main = Path(vec_root) / regime / f"{task}{SUFFIX}"
+    main = vector_path(vec_root, regime, task)
     return {role: role_path(main, role, cls.output_role) for role in cls.vector_kinds}
 
 
@@ -58,7 +63,7 @@ def training_logs(run_dir: Path, regimes: list[str], tasks: list[str]) -> dict[t
     out = {}
     for regime in regimes:
         for task in tasks:
-            rows = read_log(log_path(Path(run_dir) / VECTORS / regime / f"{task}{SUFFIX}"))
+            rows = read_log(log_path(vector_path(Path(run_dir) / VECTORS, regime, task)))
             if rows:
                 out[(regime, task)] = rows
     return out

@@ -23,15 +23,35 @@ def log(msg: str) -> None:
     print(f"[deltamerge] {msg}", flush=True)
 
 
-def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path) -> Curvature:
+def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path,
+                               dense_blocks: bool = False) -> Curvature:
+    """The run's reference curvature, estimated once and reused while its config and reference set are unchanged.
+    ``dense_blocks``: a DELTA config of the run has ``dense_norm_blocks`` — the curvature gets its dense LayerNorm /
+    class-embedding blocks (added to a cached estimate that lacks only them, without re-estimating the EK-FAC)."""
     cfg = run.curvature or suite.curvature_config(run.preset)
+    if dense_blocks and not cfg.dense_blocks:
+        cfg = cfg.model_copy(update={"dense_blocks": True})
     params = dict(backbone.named_parameters())
     if path.exists():
         curv = Curvature.load(path, fingerprint(backbone), params)
         # the same estimator on another reference set (a suite option) is not reusable
-        if curv.meta.get("config_hash") == config_hash(cfg) and \
-                curv.meta.get("reference", suite.reference_description) == suite.reference_description:
+        same_reference = curv.meta.get("reference", suite.reference_description) == suite.reference_description
+        if curv.meta.get("config_hash") == config_hash(cfg) and same_reference:
             log(f"curvature: reusing {path}")
+            return curv
+        with_blocks = cfg.model_copy(update={"dense_blocks": True})
+        if not cfg.dense_blocks and same_reference and curv.meta.get("config_hash") == config_hash(with_blocks):
+            log(f"curvature: reusing {path} (its dense blocks unused: no dense_norm_blocks here)")
+            return curv  # training drops the blocks unless its config has dense_norm_blocks (training/loop.py)
+        without = cfg.model_copy(update={"dense_blocks": False})
+        if cfg.dense_blocks and same_reference and curv.meta.get("config_hash") == config_hash(without):
+            from deltamerge.curvature.dense_blocks import with_dense_blocks
+
+            log(f"curvature: adding dense LayerNorm / class-embedding blocks to {path}")
+            t0 = time.perf_counter()
+            curv = with_dense_blocks(curv, backbone, suite.reference(run.preset), cfg)
+            curv.meta.update({"config_hash": config_hash(cfg), "dense_seconds": round(time.perf_counter() - t0, 2)})
+            curv.save(path)
             return curv
     log(f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — {suite.reference_description}")
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ The selection metric is the merged validation accuracy at α = 1 (the paper's he
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -74,24 +75,27 @@ def grid_points(grid: dict[str, list], regime: str = "delta") -> list[dict]:
 
 def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset: str = "quick",
          tasks: list[str] | None = None, metric: str = "merged_alpha1", merge_method: str = "task-arithmetic",
-         eval_cfg: EvalConfig | None = None) -> list[dict]:
-    """Score every grid point on validation data; write ``OUT/tune.json`` and ``OUT/TUNE.md`` (best first)."""
+         eval_cfg: EvalConfig | None = None, suite_options: dict | None = None) -> list[dict]:
+    """Score every grid point on validation data; write ``OUT/tune.json`` and ``OUT/TUNE.md`` (best first).
+    ``suite_options``: as ``RunConfig.suite_options`` (e.g. ``{"feature_transform": "normalize"}``)."""
     if metric not in METRICS:
         raise DeltaMergeError(f"unknown metric '{metric}' (known: {', '.join(METRICS)})")
     regime_cls = get_regime(regime)
-    suite = get_suite(suite_name)
     out = Path(out)
+    _check_same_options(out, suite_options or {})
+    suite = get_suite(suite_name, suite_options or None)
     out.mkdir(parents=True, exist_ok=True)
     backbone = suite.backbone()
     task_map = suite.tasks(preset, tasks)
     heads = load_or_build_heads(suite, backbone, task_map, out / rundir.HEADS)
-    run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out)
-    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE)
+    run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out, suite_options=suite_options or {})
+    base_cfg = suite.train_config(regime, preset)
+    dense = any(getattr(with_overrides(base_cfg, p), "dense_norm_blocks", False) for p in grid_points(grid, regime))
+    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE, dense_blocks=dense)
                  if regime_cls.needs_curvature else None)
     others = OtherTasks(suite, backbone, task_map, preset, out / "task_curvature", log)  # τJp's inputs, TAK's KFAC
     ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))
     method = get_method(merge_method)
-    base_cfg = suite.train_config(regime, preset)
     base = base_cfg.model_dump()
     rows = []
     for i, point in enumerate(grid_points(grid, regime)):
@@ -105,11 +109,26 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
         rows.append({"point": point, "config_hash": config_hash(cfg),
                      **validation_scores(ctx, task_map, vecs, method), "seconds": round(time.perf_counter() - t0, 1)})
     rows.sort(key=lambda r: -r[metric])
-    write_json(out / "tune.json", {"suite": suite_name, "regime": regime, "preset": preset, "metric": metric,
+    write_json(out / "tune.json", {"suite": suite_name, "suite_options": suite_options or {}, "regime": regime,
+                                   "preset": preset, "metric": metric,
                                    "merge_method": merge_method, "base_config": base, "rows": rows})
     atomic_write_text(out / "TUNE.md", markdown(rows, suite_name, regime, preset, metric))
     dist.barrier("tune: waiting for rank 0's TUNE.md")  # under torchrun every rank's CLI then reads it
     return rows
+
+
+def _check_same_options(out: Path, options: dict) -> None:
+    """Vectors, heads and curvature in OUT were built with the suite options of its tune.json: refuse others."""
+    previous = out / "tune.json"
+    if not previous.is_file():
+        return
+    try:
+        old = json.loads(previous.read_text()).get("suite_options", {})
+    except (ValueError, AttributeError):
+        raise DeltaMergeError(f"{previous} is not a tune.json written by deltamerge: use a fresh --out") from None
+    if old != options:
+        raise DeltaMergeError(f"search directory {out} was made with suite options {old}, not {options}: "
+                              "use a fresh --out")
 
 
 def validation_scores(ctx: protocols.EvalContext, tasks: dict, vecs: dict, method) -> dict:

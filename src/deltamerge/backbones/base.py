@@ -19,6 +19,8 @@ class Backbone(nn.Module):
 
     name: str = "backbone"
     feature_dim: int = 0
+    #: parameters that get a dense curvature block of their own (``dense_block_groups``), e.g. CLIP's class embedding
+    class_embeddings: tuple[str, ...] = ()
 
     def forward(self, inputs: Inputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -45,6 +47,23 @@ class Backbone(nn.Module):
                 if self.default_trainable(wname):
                     names.append(mname)
         return names
+
+    def dense_block_groups(self) -> dict[str, list[str]]:
+        """Small parameter groups EK-FAC does not cover, each penalised with a dense GGN block when DELTA's
+        ``dense_norm_blocks`` is on (curvature/dense_blocks.py): every ``nn.LayerNorm`` with parameters (weight and
+        bias together, keyed by the module name) and every parameter named in ``class_embeddings`` (keyed by its
+        own name)."""
+        groups: dict[str, list[str]] = {}
+        for mname, module in self.named_modules():
+            if isinstance(module, nn.LayerNorm):
+                params = [f"{mname}.{p}" if mname else p for p, _ in module.named_parameters(recurse=False)]
+                if params:
+                    groups[mname] = params
+        own = dict(self.named_parameters())
+        for pname in self.class_embeddings:
+            if pname in own:
+                groups[pname] = [pname]
+        return groups
 
 
 class Head(nn.Module):

@@ -28,9 +28,9 @@ import re
 import torch
 from torch import Tensor, nn
 
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
-from deltamerge.model import WrappedModel
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 

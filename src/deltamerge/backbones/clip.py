@@ -21,10 +21,13 @@ curvature estimate needs.
 Parameter policy (wrap's default: the weights and biases of the curvature layers): every ``nn.Linear`` of the vision
 encoder (q/k/v/out projections, MLP fc1/fc2) and the ``visual_projection``. The paper says it fine-tunes "the visual
 encoder" with full fine-tuning; its released code trains only curvature-covered parameters and freezes the patch and
-position embeddings. We follow the covered-parameter rule: LayerNorms and the class embedding (which the released
-code covers with dense blocks we do not estimate) and the patch/position embeddings stay frozen, so no trained
-parameter escapes the drift penalty. ``trainable="all"`` trains the whole vision tower (the paper's wording), with
-LayerNorms/embeddings unregularised.
+position embeddings. We follow the covered-parameter rule: by default LayerNorms and the class embedding (which the
+released code covers with dense blocks) and the patch/position embeddings stay frozen, so no trained parameter
+escapes the drift penalty. DELTA's ``dense_norm_blocks`` (``profile: released``) adds the LayerNorms and the class
+embedding, each penalised by a dense curvature block (curvature/dense_blocks.py; ``WrappedModel.dense_block_groups``:
+every LayerNorm, and the parameter named ``class_embedding``). ``trainable="all"`` trains the whole vision tower (the
+paper's wording), with the patch/position embeddings unregularised (and LayerNorms too unless the curvature has dense
+blocks).
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deltamerge.backbones.base import Head
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
-from deltamerge.model import WrappedModel
 
 # CLIP's image normalisation (OpenAI's preprocessing constants), used when no image processor config is found.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

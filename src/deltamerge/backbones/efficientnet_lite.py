@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deltamerge.backbones.base import Head
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
-from deltamerge.model import WrappedModel
 
 # EfficientNet-B0 stages: (expand ratio, kernel, stride, repeats, in channels, out channels).
 B0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (

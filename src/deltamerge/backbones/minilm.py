@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 from transformers import logging as hf_logging
 
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
-from deltamerge.model import WrappedModel
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 CURVATURE = ["encoder.*"]  # every nn.Linear of the encoder (covered and, by default, trained)

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from deltamerge.backbones.base import Head
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
-from deltamerge.model import WrappedModel
 
 CURVATURE = ["encoder.block.*", "decoder.block.*"]  # covered (and, by default, trained) layers
 

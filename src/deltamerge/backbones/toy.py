@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deltamerge.backbones.wrapped import WrappedModel, whole_batch
 from deltamerge.data import Inputs
-from deltamerge.model import WrappedModel, whole_batch
 
 
 class ToyMLPNet(nn.Module):

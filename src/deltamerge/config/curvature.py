@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -11,6 +11,8 @@ from deltamerge.config.shared import Strict
 
 class CurvatureConfig(Strict):
     """Reference-set curvature (EK-FAC of the feature GGN; KFAC for TAK)."""
+
+    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_blocks",)  # config_hash: absent at the default
 
     kind: Literal["ekfac", "kfac"] = "ekfac"
     probes: Literal["exact", "mc"] = "mc"          # exact: one backward per feature dim; mc: Monte-Carlo probes
@@ -30,3 +32,7 @@ class CurvatureConfig(Strict):
     progress: bool = True
     # the GGN of g = T∘f (feature_space.py): identity (f) or normalize (n∘f, the DELTA authors' code)
     feature_transform: Literal["identity", "normalize"] = "identity"
+    # also a dense GGN block per LayerNorm / class embedding (curvature/dense_blocks.py; DELTA's dense_norm_blocks,
+    # the released code); d_p x d_p each (CLIP ViT-B: 26 blocks of 1536^2 floats, ~248 MB fp32). A run whose DELTA
+    # config has dense_norm_blocks turns this on by itself (the blocks are added to a cached estimate without them).
+    dense_blocks: bool = False

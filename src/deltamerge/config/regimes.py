@@ -15,10 +15,11 @@ To add a setting, add a field to the class (or group) of the regimes that read i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
+from deltamerge.config.profiles import PROFILES, expand_profile
 from deltamerge.config.shared import Strict
 from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 
@@ -74,9 +75,10 @@ class DeltaSettings(PenaltySchedule):
     student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
     teacher_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at f_lin(θ_T); released code: at f0 + α·Jτ_T
     projection_penalty_scale: float = Field(1.0, ge=0)  # DELTA drift: output projection's block ×this (released 0.1)
-    dense_norm_blocks: bool = False  # released code: LayerNorm/class embedding with dense curvature ×10 (raises:
-    #                                  not implemented, see training/profiles.py)
-    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (training/profiles.py)
+    dense_norm_blocks: bool = False  # released code: LayerNorms + class embedding trained, their drift penalised by
+    #   dense GGN blocks (curvature/dense_blocks.py) ×dense_block_scale; regime delta only (the field sits here, with
+    #   the other DELTA switches, so that existing delta-lora / dpo-distilled result hashes stay valid)
+    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (config/profiles.py)
     kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
     penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
 
@@ -84,13 +86,19 @@ class DeltaSettings(PenaltySchedule):
     @classmethod
     def _profile(cls, data: Any) -> Any:
         """The profile's switches filled in where the user set none (only those this regime's class has)."""
-        from deltamerge.training.profiles import PROFILES, expand_profile
-
         if not isinstance(data, dict):
             return data
-        full = expand_profile(data)
+        regime = cls.model_fields["regime"].default
+        full = expand_profile(data, regime)
         bundle = PROFILES.get(full.get("profile", "paper"), {})
         return {k: v for k, v in full.items() if k in data or k not in bundle or k in cls.model_fields}
+
+    @model_validator(mode="after")
+    def _dense_blocks_regime(self) -> "DeltaSettings":
+        if self.dense_norm_blocks and self.regime != "delta":
+            raise ValueError(f"dense_norm_blocks applies to regime 'delta' only, not '{self.regime}' (a LoRA student "
+                             "or a DPO model has no dense LayerNorm task vector here)")
+        return self
 
 
 class LoRASettings(BaseModel):
@@ -125,6 +133,8 @@ class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
     """DELTA: linearized teacher distilled into a non-linear student along the α path."""
 
     regime: Literal["delta"] = "delta"
+    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_block_scale",)  # config_hash: absent at the default
+    dense_block_scale: float = Field(10.0, ge=0)  # with dense_norm_blocks: the dense blocks' weight (released: ×10)
 
 
 class LoRAConfig(LoRASettings, Trainable, BaseTrainConfig):

@@ -61,9 +61,16 @@ def resolve_device(name: str):
 def config_hash(cfg: BaseModel, ignore: tuple[str, ...] = ("progress", "checkpoint_every", "device",
                                                            "max_update_ratio", "grad_accum_steps")) -> str:
     """Short hash of the settings that change a result (progress bars, checkpoint cadence, device, the divergence
-    bound and gradient accumulation — k micro-batches give the same step as one batch — excluded).
+    bound and gradient accumulation — k micro-batches give the same step as one batch — excluded), and the fields a
+    config class lists in ``hash_omit_defaults`` while they hold their default.
 
     Hashes the fields the configuration *has*: a training config holds its regime's fields only (config/regimes.py),
     so hashes written by the earlier single TrainConfig differ and such vectors are retrained once (docs/config.md)."""
     data = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignore}
+    # fields added after results were cached count only when set away from their default, so that adding them does
+    # not invalidate every stored vector / curvature (a config class lists them in ``hash_omit_defaults``)
+    for name in getattr(type(cfg), "hash_omit_defaults", ()):
+        field = type(cfg).model_fields.get(name)
+        if field is not None and name in data and data[name] == field.default:
+            del data[name]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

@@ -22,6 +22,7 @@ from deltamerge.distributed import is_main
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature
+from deltamerge.curvature.reference import subsample
 from deltamerge.curvature.sharded import all_reduce_corrections, all_reduce_factors, broadcast_eigenbases, \
     shard_reference
 from deltamerge.curvature.token_layers import MaskHolder, is_attention_key, masked_operator
@@ -76,7 +77,8 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
                        modules: list[str] | None = None) -> Curvature:
     """EK-FAC (``cfg.kind='ekfac'``) or KFAC of (1/N) Σ_n J_nᵀJ_n over the reference inputs (any source
     ``data_sources.as_inputs`` accepts), for ``modules``
-    (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes."""
+    (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes.
+    ``cfg.dense_blocks``: also a dense GGN block per LayerNorm / class embedding (curvature/dense_blocks.py)."""
     from curvlinops import EKFACLinearOperator, KFACLinearOperator
 
     from deltamerge.data_sources import as_inputs
@@ -86,15 +88,16 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     backbone = as_backbone(backbone, sample=lambda: take(reference, torch.arange(min(num_rows(reference), 2))))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
+    if cfg.dense_blocks:  # the Kronecker-factored layers, then the dense LayerNorm / class-embedding blocks
+        from deltamerge.curvature.dense_blocks import with_dense_blocks
+
+        curv = estimate_curvature(backbone, reference, cfg.model_copy(update={"dense_blocks": False}), modules)
+        return with_dense_blocks(curv, backbone, reference, cfg)
     modules = _resolve_modules(backbone, modules)
     split = _split_attention_keys(reference, cfg, modules)
     if split is not None:  # keys with KFAC-expand, the rest with reduce: two estimates, one curvature
         return _joined([estimate_curvature(backbone, reference, sub, mods) for sub, mods in split], cfg, backbone)
-    n = num_rows(reference)
-    if cfg.num_examples is not None and cfg.num_examples < n:
-        g = torch.Generator().manual_seed(cfg.seed)
-        reference = take(reference, torch.randperm(n, generator=g)[: cfg.num_examples])
-        n = cfg.num_examples
+    reference, n = subsample(reference, cfg)
     params: list[nn.Parameter] = []
     for name in modules:
         mod = backbone.get_submodule(name)

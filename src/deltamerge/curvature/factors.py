@@ -9,6 +9,9 @@ EK-FAC (George et al., 2018), per layer l with weight ΔW_l (out × in; conv ker
 KFAC (used by TAK):
     L_drift(τ) = Σ_l tr(M_lᵀ G_l M_l A_l),   M_l = [ΔW_l | Δb_l]
 Neither forms a Kronecker product. Both are exact quadratic forms, so ∇ L_drift = 2·M·τ.
+Dense blocks (``dense``, curvature/dense_blocks.py; LayerNorms and class embeddings, estimated on request) add
+Σ_p τ_pᵀ G_p τ_p with the exact GGN block G_p of each small parameter group; the artifact stores them as
+``dense/<group>`` tensors, listed under the metadata key ``dense``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor
 
 from deltamerge.artifacts import check_base, load_artifact, require_meta, save_artifact
 from deltamerge.curvature.batched import build_groups, group_penalty
+from deltamerge.curvature.dense_blocks import DenseBlock, block_specs, blocks_from
 from deltamerge.errors import DeltaMergeError
 
 KINDS = ("ekfac", "kfac")
@@ -60,12 +64,13 @@ class LayerCurvature:
 
 @dataclass
 class Curvature:
-    """The reference-set curvature of one base model, as per-layer factors."""
+    """The reference-set curvature of one base model, as per-layer factors (and optional dense blocks)."""
 
     kind: str
     layers: list[LayerCurvature]
     base_fingerprint: str
     meta: dict[str, Any] = field(default_factory=dict)
+    dense: list[DenseBlock] = field(default_factory=list)  # LayerNorm / class-embedding blocks (dense_blocks.py)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -78,20 +83,26 @@ class Curvature:
             names.append(layer.weight)
             if layer.bias is not None:
                 names.append(layer.bias)
+        for block in self.dense:
+            names.extend(block.params)
         return names
 
     def to(self, device: torch.device | str) -> "Curvature":
-        return Curvature(self.kind, [layer.to(device) for layer in self.layers], self.base_fingerprint, self.meta)
+        return Curvature(self.kind, [layer.to(device) for layer in self.layers], self.base_fingerprint, self.meta,
+                         [block.to(device) for block in self.dense])
 
     def penalty(self, delta: dict[str, Tensor], batched: bool = True) -> Tensor:
         """L_drift(τ) summed over the covered layers whose parameters appear in ``delta`` (others are skipped).
 
         ``batched``: one bmm chain per group of equally shaped layers (``curvature/batched.py``; same value up to
-        summation order, same gradient); False: the per-layer loop below, kept as the reference.
+        summation order, same gradient); False: the per-layer loop below, kept as the reference. Dense blocks add
+        τ_pᵀ G_p τ_p per group present in ``delta`` (one matrix-vector product each, in both modes).
         """
-        if batched:
-            return self._penalty_batched(delta)
-        return sum_terms((self._layer_penalty(layer, delta) for layer in self.layers), delta)
+        layers = self._penalty_batched(delta) if batched else \
+            sum_terms((self._layer_penalty(layer, delta) for layer in self.layers), delta)
+        if not self.dense:
+            return layers
+        return sum_terms([layers, *(block.penalty(delta) for block in self.dense)], delta)
 
     def _penalty_batched(self, delta: dict[str, Tensor]) -> Tensor:
         groups = self.__dict__.get("_groups")
@@ -162,6 +173,9 @@ class Curvature:
         meta = {"kind": "curvature", "curvature": self.kind, "base_fingerprint": self.base_fingerprint,
                 "layers": [{"module": l.module, "weight": l.weight, "bias": l.bias, "joint": l.joint}
                            for l in self.layers], **self.meta}
+        if self.dense:
+            tensors.update({f"dense/{b.name}": b.G for b in self.dense})
+            meta["dense"] = block_specs(self.dense)
         return save_artifact(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
@@ -186,9 +200,10 @@ class Curvature:
             if parameters is not None:
                 _check_layer_shapes(layer, meta["curvature"], parameters, path)
             layers.append(layer)
+        dense = blocks_from(meta.get("dense"), tensors, path, parameters)
         extra = {k: v for k, v in meta.items()
-                 if k not in {"kind", "curvature", "base_fingerprint", "layers", "format", "format_version"}}
-        return cls(meta["curvature"], layers, meta["base_fingerprint"], extra)
+                 if k not in {"kind", "curvature", "base_fingerprint", "layers", "format", "format_version", "dense"}}
+        return cls(meta["curvature"], layers, meta["base_fingerprint"], extra, dense)
 
 
 def _check_layer_spec(spec: Any, kind: str, path: Any) -> None:

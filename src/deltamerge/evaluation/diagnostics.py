@@ -1,4 +1,5 @@
-"""The paper's diagnostics of task vectors, as plain functions of (backbone, task vectors, data, heads).
+"""The paper's diagnostics of task vectors, as plain functions of (backbone, task vectors, data, heads); the feature
+passes are the run's :class:`~deltamerge.evaluation.evaluator.Evaluator`'s (batch size, device).
 
 f(x; θ) are the backbone's last hidden features (the quantity DELTA distills). A ``linear`` (tangent-space) vector is
 evaluated with the linearized model, f_lin(x; θ0 + Σ_i c_i τ_i) = f0 + Σ_i c_i J·τ_i (one jvp per vector serves every
@@ -14,69 +15,15 @@ coefficient); a ``nonlinear`` vector with the plain model f(x; θ0 + Σ_i c_i τ
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.data import ArrayDataset, to_device
+from deltamerge.data import ArrayDataset
 from deltamerge.errors import DeltaMergeError
-from deltamerge.feature_space import common_transform
-from deltamerge.evaluation.accuracy import accuracy_along
-from deltamerge.linearize import FunctionalModel
+from deltamerge.evaluation.evaluator import DEFAULT, Evaluator, Reduce
 from deltamerge.merging import MergeMethod, as_method
 from deltamerge.taskvector import TaskVector
-
-Reduce = Callable[[Tensor], Tensor]
-
-
-def _check_same_kind(vectors: list[TaskVector]) -> str:
-    kinds = {v.kind for v in vectors}
-    names = {frozenset(v.deltas) for v in vectors}
-    if len(kinds) > 1:
-        raise DeltaMergeError(f"cannot evaluate a combination of {' and '.join(sorted(kinds))} task vectors")
-    if len(names) > 1:
-        raise DeltaMergeError("task vectors cover different parameters; they cannot be combined")
-    return kinds.pop()
-
-
-@torch.no_grad()
-def features_at(backbone: Backbone, data: ArrayDataset, vectors: list[TaskVector], coeffs: list[list[float]],
-                batch_size: int = 256, device: torch.device | str = "cpu", reduce: Reduce | None = None,
-                transform: str | None = None) -> list[Tensor]:
-    """For each row c of ``coeffs``: f(x; θ0 + Σ_i c_i τ_i) on every example of ``data`` ([N, D], or ``reduce``
-    applied batch by batch, e.g. a head's argmax). Linear vectors: f0 + Σ_i c_i J·τ_i from one jvp per vector.
-    Features are g = T∘f with T the vectors' feature transform (``transform`` overrides; needed with no vectors)."""
-    if any(len(c) != len(vectors) for c in coeffs):
-        raise DeltaMergeError(f"every coefficient row needs {len(vectors)} entries (one per task vector)")
-    reduce = reduce or (lambda f: f)
-    backbone = backbone.to(device).eval()
-    transform = transform or common_transform(vectors)
-    if not vectors:
-        base = FunctionalModel(backbone, [], transform=transform)
-        feats = torch.cat([reduce(base.features(to_device(x, device)).float()).cpu()
-                           for x, _ in data.batches(batch_size)])
-        return [feats for _ in coeffs]
-    kind = _check_same_kind(vectors)
-    names = list(vectors[0].deltas)
-    model = FunctionalModel(backbone, names, transform=transform)
-    taus = [{n: v.deltas[n].to(device) for n in names} for v in vectors]
-    out: list[list[Tensor]] = [[] for _ in coeffs]
-    if kind == "linear":  # batches outside: one jvp per vector per batch, then every row is a weighted sum
-        for x, _ in data.batches(batch_size):
-            x = to_device(x, device)
-            pairs = [model.linearized(x, tau) for tau in taus]
-            f0 = pairs[0][0]
-            for k, c in enumerate(coeffs):
-                f = f0 + sum(ci * jt for ci, (_, jt) in zip(c, pairs))
-                out[k].append(reduce(f.float()).cpu())
-        return [torch.cat(o) for o in out]
-    for k, c in enumerate(coeffs):  # rows outside: θ0 + Σ c_i τ_i is formed once per row
-        point = {n: sum(ci * tau[n] for ci, tau in zip(c, taus)) for n in names}
-        for x, _ in data.batches(batch_size):
-            out[k].append(reduce(model.features(to_device(x, device), point).float()).cpu())
-    return [torch.cat(o) for o in out]
 
 
 def predictor(head: Head) -> Reduce:
@@ -95,59 +42,58 @@ def disentanglement_from_predictions(single: tuple[Tensor, Tensor], joint: tuple
 
 def disentanglement_error(backbone: Backbone, vectors: tuple[TaskVector, TaskVector],
                           data: tuple[ArrayDataset, ArrayDataset], heads: tuple[Head, Head], alphas: list[float],
-                          batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
+                          evaluator: Evaluator = DEFAULT) -> Tensor:
     """ξ(α1, α2) of Eq. 4 for one task pair over ``alphas`` × ``alphas`` → [G, G] (rows α1, columns α2)."""
     grid = [[a1, a2] for a1 in alphas for a2 in alphas]
     g = len(alphas)
     single, joint = [], []
     for t in (0, 1):
         alone = [[a, 0.0] if t == 0 else [0.0, a] for a in alphas]
-        preds = features_at(backbone, data[t], list(vectors), alone + grid, batch_size, device, predictor(heads[t]))
+        preds = evaluator.features_at(backbone, data[t], list(vectors), alone + grid, predictor(heads[t]))
         single.append(torch.stack(preds[:g]))
         joint.append(torch.stack(preds[g:]).view(g, g, -1))
     return disentanglement_from_predictions((single[0], single[1]), (joint[0], joint[1]))
 
 
-def linearization_error(backbone: Backbone, vectors: list[TaskVector], data: ArrayDataset, batch_size: int = 256,
-                        device: torch.device | str = "cpu") -> Tensor:
+def linearization_error(backbone: Backbone, vectors: list[TaskVector], data: ArrayDataset,
+                        evaluator: Evaluator = DEFAULT) -> Tensor:
     """ξ_lin(x) of Eq. 9 for every example of ``data`` → [N]; θ_t = θ0 + τ_t, θ̄ = θ0 + (1/T) Σ_t τ_t."""
     t = len(vectors)
     if t < 2:
         raise DeltaMergeError("the linearization error needs at least two task vectors")
     rows = [[float(i == k) for i in range(t)] for k in range(t)] + [[1.0 / t] * t]
-    feats = features_at(backbone, data, vectors, rows, batch_size, device)
+    feats = evaluator.features_at(backbone, data, vectors, rows)
     mean_of_outputs = torch.stack(feats[:t]).double().mean(0)
     return (mean_of_outputs - feats[t].double()).abs().sum(-1).float()
 
 
-def edit_distance(backbone: Backbone, vector: TaskVector, data: ArrayDataset, batch_size: int = 256,
-                  device: torch.device | str = "cpu", base: Tensor | None = None) -> Tensor:
+def edit_distance(backbone: Backbone, vector: TaskVector, data: ArrayDataset, evaluator: Evaluator = DEFAULT,
+                  base: Tensor | None = None) -> Tensor:
     """(1/d) ‖f(x; θ0 + τ) − f(x; θ0)‖² for every example of ``data`` → [N]. ``base``: f(x; θ0) if already known
     (one pass over a dataset then serves every task vector)."""
     if base is None:
-        edited, base = features_at(backbone, data, [vector], [[1.0], [0.0]], batch_size, device)
+        edited, base = evaluator.features_at(backbone, data, [vector], [[1.0], [0.0]])
     else:
-        edited = features_at(backbone, data, [vector], [[1.0]], batch_size, device)[0]
+        edited = evaluator.features_at(backbone, data, [vector], [[1.0]])[0]
     return (edited.double() - base.double()).square().mean(-1).float()
 
 
 def merged_accuracy(backbone: Backbone, vectors: dict[str, TaskVector], data: dict[str, ArrayDataset],
                     heads: dict[str, Head], alphas: list[float], method: str | MergeMethod = "task-arithmetic",
-                    batch_size: int = 256, device: torch.device | str = "cpu") -> dict[str, list[float]]:
+                    evaluator: Evaluator = DEFAULT) -> dict[str, list[float]]:
     """Accuracy of θ0 + α·merge({τ_t}) on each task's data, for every α → {task: [acc per α]}."""
     prepared = as_method(method).prepare([vectors[t] for t in data])
     if not prepared.homogeneous:  # pragma: no cover - every registered method is homogeneous today
         raise NotImplementedError(f"merge method '{method}' is not homogeneous in α; the sweep assumes it is")
     out = {}
     for t, d in data.items():
-        acc = accuracy_along(backbone, d, heads[t], prepared.direction, alphas, batch_size, device)
+        acc = evaluator.accuracy_along(backbone, d, heads[t], prepared.direction, alphas)
         out[t] = [acc[a] for a in alphas]
     return out
 
 
 def single_task_accuracy(backbone: Backbone, vectors: dict[str, TaskVector], data: dict[str, ArrayDataset],
-                         heads: dict[str, Head], batch_size: int = 256, device: torch.device | str = "cpu"
-                         ) -> dict[str, float]:
+                         heads: dict[str, Head], evaluator: Evaluator = DEFAULT) -> dict[str, float]:
     """Accuracy of θ0 + τ_t on task t's data, per task (the individually fine-tuned model)."""
-    return {t: accuracy_along(backbone, d, heads[t], vectors[t], [1.0], batch_size, device)[1.0]
+    return {t: evaluator.accuracy(backbone, d, heads[t], vectors[t])
             for t, d in data.items()}

@@ -10,12 +10,13 @@ Selection always uses validation splits; reported numbers are on test splits.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import EvalConfig, resolve_device
+from deltamerge.config import EvalConfig
 from deltamerge.data import Task
-from deltamerge.evaluation.accuracy import accuracy_along, cap
+from deltamerge.evaluation.accuracy import cap
+from deltamerge.evaluation.evaluator import Evaluator
 from deltamerge.merging import MergeMethod, as_method
 from deltamerge.taskvector import TaskVector
 
@@ -27,21 +28,22 @@ def _mean(xs) -> float:
 
 @dataclass
 class EvalContext:
-    """What every protocol needs: the base model, frozen heads, capped splits, settings."""
+    """What every protocol needs: the base model, frozen heads, capped splits, settings, and the run's evaluator
+    (built once from ``cfg``; sharded: each data-parallel rank evaluates its share of every split)."""
 
     backbone: Backbone
     heads: dict[str, Head]
     cfg: EvalConfig
+    evaluator: Evaluator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.device = resolve_device(self.cfg.device)
+        self.evaluator = Evaluator.from_config(self.cfg, shard=True)
 
     def split(self, task: Task, name: str):
         return cap(getattr(task, name), self.cfg.max_eval_examples, seed=zlib.crc32(task.name.encode()))
 
     def acc(self, task: Task, split: str, tv: TaskVector | None, alphas: list[float]) -> dict[float, float]:
-        return accuracy_along(self.backbone, self.split(task, split), self.heads[task.name], tv, alphas,
-                              self.cfg.batch_size, self.device, shard=True)  # split over data-parallel ranks
+        return self.evaluator.accuracy_along(self.backbone, self.split(task, split), self.heads[task.name], tv, alphas)
 
 
 def pretrained(ctx: EvalContext, tasks: dict[str, Task]) -> dict:

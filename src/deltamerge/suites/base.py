@@ -69,7 +69,7 @@ class Suite:
 
     def task_curvature_config(self, preset: str) -> CurvatureConfig:
         """KFAC of each task's own training inputs (TAK's per-task curvature); the reference settings by default."""
-        return self.curvature_config(preset).model_copy(update={"kind": "kfac"})
+        return self.curvature_config(preset).model_copy(update={"kind": "kfac", "dense_blocks": False})
 
     def eval_config(self, preset: str) -> EvalConfig:
         return EvalConfig()

@@ -8,7 +8,8 @@ One jvp gives f0 and J·τ_T, so the teacher at θ_T (α = 1, for its CE) and at
 f0 + α·Jτ_T) cost nothing more. The teacher's backward runs first and frees its graph before the student's forward,
 which keeps peak memory near that of the linearized step alone. Cost levers (``DeltaConfig``; paper = defaults):
 ``student_ce_at="alpha"`` (one student forward), ``penalty_every`` / ``kd_every`` = k (term every k steps with weight
-k), ``penalty_batched`` (exact), ``compile``, ``bf16``.
+k), ``penalty_batched`` (exact), ``compile``, ``bf16``. ``dense_norm_blocks`` (the released code): the LayerNorms and
+the class embedding train too (training/loop.py), and L_drift includes their dense curvature blocks ×dense_block_scale.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from deltamerge.data import Inputs
 from deltamerge.linearize import FunctionalModel, Params
+from deltamerge.curvature.dense_blocks import dense_weights
 from deltamerge.training.penalty_scaling import projection_weights, weighted
-from deltamerge.training.profiles import check_implemented
 from deltamerge.training.regime import Regime, check_finite, register
 
 
@@ -50,11 +51,12 @@ class Delta(Regime):
 
     def setup(self) -> None:
         super().setup()
-        check_implemented(self.cfg)
         self.rng = random.Random(self.cfg.seed)
         # per-layer weights of the drift penalty (output projection ×projection_penalty_scale; penalty_scaling.py)
         self.layer_weights = projection_weights(self.model.backbone, self.model.names,
                                                 self.cfg.projection_penalty_scale)
+        if getattr(self.cfg, "dense_norm_blocks", False):  # dense LayerNorm / class-embedding blocks ×scale
+            self.layer_weights.update(dense_weights(self.curvature, self.model.names, self.cfg.dense_block_scale))
         self._teacher = self.compiled(self._teacher_terms)
         self._student_features = self.compiled(self._student_forward)
 

@@ -3,6 +3,7 @@ optional bf16 autocast, tqdm progress, checkpoint every N steps and resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -158,10 +159,19 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTra
     if curvature is not None:
         if curvature.base_fingerprint != base_fp:
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
+        if curvature.dense and not getattr(cfg, "dense_norm_blocks", False):
+            # dense LayerNorm / class-embedding blocks serve dense_norm_blocks runs only: another run's result does
+            # not depend on whether the shared curvature file happens to hold them
+            curvature = dataclasses.replace(curvature, dense=[])
         curvature = curvature.to(device)
     policy = regime_cls.trainable_policy or cfg.trainable
     check_feature_space(cfg.feature_transform, head, curvature if regime_cls.needs_curvature else None)
-    model = FunctionalModel(backbone, trainable_names(backbone, policy), transform=cfg.feature_transform)
+    names = trainable_names(backbone, policy)
+    if getattr(cfg, "dense_norm_blocks", False):  # + LayerNorms / class embedding, penalised by dense blocks
+        from deltamerge.curvature.dense_blocks import dense_trainable
+
+        names = dense_trainable(backbone, names, curvature)
+    model = FunctionalModel(backbone, names, transform=cfg.feature_transform)
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)
     dist.broadcast_tensors_(regime.shared_tensors(), what="initial state")  # ranks start identical (e.g. TaLoS mask)

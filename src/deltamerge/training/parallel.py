@@ -65,12 +65,16 @@ def curvature_share(curvature, rk: int | None = None, world: int | None = None) 
         o, i = left.shape[0], right.shape[0]
         return float(o * i * (o + i))
 
+    # dense blocks (curvature/dense_blocks.py): one d×d matrix-vector product each
+    items = [(cost(layer), layer.module, [n for n in (layer.weight, layer.bias) if n is not None])
+             for layer in curvature.layers]
+    items += [(float(block.dim) ** 2, block.name, list(block.params)) for block in getattr(curvature, "dense", [])]
     load, mine = [0.0] * world, set()
-    for layer in sorted(curvature.layers, key=lambda l: (-cost(l), l.module)):
+    for c, name, params in sorted(items, key=lambda it: (-it[0], it[1])):
         r = min(range(world), key=lambda j: (load[j], j))
-        load[r] += cost(layer)
+        load[r] += c
         if r == rk:
-            mine.update(n for n in (layer.weight, layer.bias) if n is not None)
+            mine.update(params)
     return mine
 
 
