@@ -98,11 +98,41 @@ def test_parameter_policy(backbone):
     assert set(backbone.curvature_modules()) == {n.rsplit(".", 1)[0] for n in trained}
 
 
-def test_refuses_fused_attention(clip_dir):
+def test_fused_attention_is_switched_to_eager(clip_dir, backbone):
     from transformers import CLIPModel
 
-    with pytest.raises(DeltaMergeError, match="eager"):
-        CLIPVision(CLIPModel.from_pretrained(clip_dir, attn_implementation="sdpa"))
+    sdpa = CLIPVision(CLIPModel.from_pretrained(clip_dir, attn_implementation="sdpa"))
+    assert sdpa.model.config._attn_implementation == "eager"  # the vision tower's own config (shared modules)
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(x), backbone(x))
+
+
+def test_a_wrap_configuration_named_as_saved_vectors_and_exportable(clip_dir, backbone, tmp_path):
+    """wrap(CLIPVisionModelWithProjection, features="embeds", attach="", ...): names vision_model.* /
+    visual_projection.* as before, and the export is a CLIPVisionModelWithProjection folder."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from deltamerge import fingerprint
+    from deltamerge.export import export_model
+    from deltamerge.model import WrappedModel
+    from deltamerge.taskvector import TaskVector
+
+    assert isinstance(backbone, WrappedModel) and backbone.feature_rule == "embeds" and backbone.prefix == ""
+    assert isinstance(backbone.model, CLIPVisionModelWithProjection)
+    names = [n for n, _ in backbone.named_parameters()]
+    assert names == [n for n, _ in backbone.model.named_parameters()] and names[0].startswith("vision_model.")
+    g = torch.Generator().manual_seed(0)
+    assert fingerprint(backbone) == fingerprint(backbone.model)
+    tv = TaskVector({n: 0.01 * torch.randn(p.shape, generator=g) for n, p in backbone.named_parameters()
+                     if backbone.default_trainable(n)}, fingerprint(backbone))
+    out = export_model(backbone, tmp_path / "vision", tv, alpha=0.5)
+    loaded = CLIPVisionModelWithProjection.from_pretrained(out, attn_implementation="eager").eval()
+    x = images(2)
+    with torch.no_grad():
+        expected = FunctionalModel(backbone, list(tv.deltas)).features(x, tv.deltas, 0.5)
+        got = backbone._call(loaded, x).image_embeds  # the backbone's preprocessing, on the loaded tower
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_rejects_wrong_image_size(backbone):

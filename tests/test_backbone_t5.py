@@ -77,6 +77,10 @@ def test_linearized_t5_matches_finite_differences(backbone):
 
 
 def test_parameter_policy(backbone):
+    from deltamerge.model import WrappedModel
+
+    # a wrap() configuration: the model's own names behind "t5." (the names of saved vectors), first-step features
+    assert isinstance(backbone, WrappedModel) and backbone.prefix == "t5." and backbone.feature_rule == "cls"
     names = [n for n, _ in backbone.named_parameters()]
     trained = [n for n in names if backbone.default_trainable(n)]
     blocks = {f"{m}.weight" for m, mod in backbone.named_modules()

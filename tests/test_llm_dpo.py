@@ -15,6 +15,7 @@ from deltamerge.config import BaseTrainConfig, train_config
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation.preference import Generator, margins_sweep
 from deltamerge.linearize import FunctionalModel
+from deltamerge.model import WrappedModel
 from deltamerge.suites.preference_data import encode_pairs, encode_prompts, pair_from_row
 from deltamerge.training import train, trainable_names
 from deltamerge.training.preference import dpo_loss, flatten_pairs, outputs_at, outputs_linearized, pair_logps
@@ -112,8 +113,11 @@ def test_embeddings_frozen_and_last_layers_policy(llama_dir):
     from transformers import AutoModelForCausalLM
 
     sdpa = AutoModelForCausalLM.from_pretrained(str(llama_dir), attn_implementation="sdpa")
-    with pytest.raises(DeltaMergeError, match="eager"):
-        CausalLM(sdpa)
+    assert CausalLM(sdpa).lm.config._attn_implementation == "eager"  # wrap(attn_implementation="eager") switches it
+    # the causal LM is a wrap() configuration: the LM's own names behind "lm.", as in saved vectors and export_llm
+    assert isinstance(bb, WrappedModel) and bb.prefix == "lm." and bb.model is bb.lm
+    assert bb.curvature_modules() == [f"lm.{n}" for n, m in bb.lm.named_modules()
+                                      if isinstance(m, torch.nn.Linear) and ".layers.1." in n]
 
 
 @pytest.mark.parametrize("regime", ["dpo", "dpo-linear", "dpo-distilled", "dpo-lora"])

@@ -209,3 +209,47 @@ def test_wrap_refuses_a_backbone_and_bad_features():
     with pytest.raises(DeltaMergeError, match="sample="):
         wrap(_PlainMLP()).curvature_modules()
     assert isinstance(wrap(_PlainMLP(), sample=torch.randn(2, 8)), Backbone)
+
+
+# ---- the arguments the built-in backbones use ------------------------------------------------------------------
+def test_attach_names_the_parameters_and_an_empty_attach_shares_the_model():
+    bert = _bert()
+    named = wrap(bert, attach="encoder_model")
+    assert named.model is bert and named.prefix == "encoder_model."
+    assert all(n.startswith("encoder_model.") for n, _ in named.named_parameters())
+    assert named.curvature_modules()[0].startswith("encoder_model.encoder.layer.0.")
+    assert deltamerge.fingerprint(named) != deltamerge.fingerprint(bert)  # the wrapper, with its names
+    plain = _PlainMLP()
+    plain.pos = nn.Parameter(torch.zeros(6))  # a parameter of the model itself, outside any submodule
+    plain.forward = lambda x: plain.fc3(torch.tanh(plain.fc2(torch.tanh(plain.fc1(x))))) + plain.pos
+    view = wrap(plain, attach="", sample=torch.randn(2, 8))
+    assert [n for n, _ in view.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    assert view.curvature_modules() == ["fc1", "fc2", "fc3"] and view.fc1 is plain.fc1
+    assert list(view.state_dict()) == list(plain.state_dict())
+    assert deltamerge.fingerprint(view) == deltamerge.fingerprint(plain)
+    x = torch.randn(3, 8)
+    from torch.func import functional_call
+
+    shifted = functional_call(view, {"pos": torch.ones(6)}, (x,))  # reaches the model's own parameter
+    torch.testing.assert_close(shifted, view(x) + 1)
+    view.double()
+    assert plain.pos.dtype == plain.fc1.weight.dtype == torch.float64
+    with pytest.raises(DeltaMergeError, match="submodules"):
+        wrap(nn.Linear(3, 3), attach="", sample=torch.randn(2, 3))
+
+
+def test_call_runs_the_model_and_eager_attention_is_switched_or_refused():
+    from transformers import BertConfig, BertModel
+
+    vit = _vit()
+    model = wrap(vit, features="cls", call=lambda m, x: m(pixel_values=2 * x, return_dict=True))
+    x, _ = _images(3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), vit(pixel_values=2 * x).last_hidden_state[:, 0])
+    assert vit.config._attn_implementation == "sdpa"
+    wrap(vit, features="cls", attn_implementation="eager")
+    assert vit.config._attn_implementation == "eager"  # transformers' set_attn_implementation
+    sdpa_bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, attn_implementation="sdpa"))
+    with pytest.raises(DeltaMergeError, match="attn_implementation='eager'"):  # BERT picks its class at init
+        wrap(sdpa_bert, attn_implementation="eager")

@@ -174,3 +174,41 @@ def test_bad_suite_files_are_one_clear_error(tmp_path):
         get_suite(str(path))
     r = runner.invoke(app, ["run", str(tmp_path / "absent.yaml")])
     assert r.exit_code == 2 and "suite file not found" in r.output
+
+
+def test_the_model_block_is_a_wrap_configuration(tmp_path):
+    """features / trainable / curvature map onto deltamerge.wrap's arguments; defaults: every nn.Linear (no pooler
+    unless pooled), eager attention, the same names, layers and features as wrap() called by hand."""
+    from transformers import AutoModel
+
+    from deltamerge import wrap
+    from deltamerge.model import WrappedModel
+
+    path = _text_suite(tmp_path)
+    backbone = get_suite(str(path)).backbone()
+    assert isinstance(backbone, WrappedModel) and backbone.feature_rule == "mean"
+    assert backbone.model.config._attn_implementation == "eager"
+    assert not any("pooler" in n for n, _ in backbone.named_parameters())
+    linear = [f"model.{n}" for n, m in backbone.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert backbone.curvature_modules() == linear and len(linear) == 2 * 6
+    trained = [n for n, _ in backbone.named_parameters() if backbone.default_trainable(n)]
+    assert trained == [f"{m}.{leaf}" for m in linear for leaf in ("weight", "bias")]
+    raw = AutoModel.from_pretrained(tmp_path / "model", attn_implementation="eager", add_pooling_layer=False)
+    by_hand = wrap(raw, features="mean", curvature=[n[len("model."):] for n in linear])
+    assert by_hand.curvature_modules() == linear
+    x = get_suite(str(path)).tasks("quick")["sent"].test.inputs
+    with torch.no_grad():
+        assert torch.equal(backbone(x), by_hand(x))
+
+    spec = yaml.safe_load(path.read_text())
+    spec["model"].update(trainable=["encoder.layer.1.*"], curvature=["encoder.layer.1.*"])
+    path.write_text(yaml.safe_dump(spec))
+    narrow = get_suite(str(path)).backbone()
+    assert narrow.curvature_modules() == [m for m in linear if m.startswith("model.encoder.layer.1.")]
+    trained = [n for n, _ in narrow.named_parameters() if narrow.default_trainable(n)]
+    assert trained and all(n.startswith("model.encoder.layer.1.") for n in trained)
+    assert any("LayerNorm" in n for n in trained)  # patterns choose parameters, not only covered layers
+    spec["model"]["trainable"] = ["nothing.*"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DeltaMergeError, match="match no name"):
+        get_suite(str(path)).backbone().default_trainable("model.pooler")

