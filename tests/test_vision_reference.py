@@ -117,3 +117,23 @@ def test_more_photos_converter_reads_the_npm_jpegs_and_sklearn_samples(tmp_path)
     assert info["n"] == len(cv.STDLIB_PHOTOS) + 2 and {"china", "flower"} <= set(data)
     assert data["black-canyon"].shape == (12, 20, 3) and data["black-canyon"].dtype == np.uint8
     assert abs(int(data["black-canyon"].mean()) - 10 * cv.STDLIB_PHOTOS.index("black-canyon")) <= 2
+
+
+def test_a_run_curvature_section_takes_the_suites_feature_space(tmp_path):
+    """vision-mini trains on normalised features by default: a run's `curvature:` section that does not name a
+    feature space gets the suite's (else training refuses the curvature as estimated on other features)."""
+    from deltamerge.cli import _run_config
+    from deltamerge.config import CurvatureConfig, RunConfig
+    from deltamerge.stages import run_curvature_config
+    from deltamerge.suites import get_suite
+
+    suite = get_suite("vision-mini")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("suite: vision-mini\ncurvature: {num_examples: 32}\n")
+    run = _run_config("vision-mini", None, None, None, None, cfg_file, merge_method="ties", merge_param=["density=0.2"])
+    assert run_curvature_config(suite, run).feature_transform == "normalize"
+    assert run_curvature_config(suite, run).num_examples == 32 and run.merge_params == {"ties": {"density": 0.2}}
+    explicit = RunConfig(suite="vision-mini", curvature=CurvatureConfig(feature_transform="identity"))
+    assert run_curvature_config(suite, explicit).feature_transform == "identity"  # said explicitly: kept
+    identity = get_suite("vision-mini", {"feature_transform": "identity"})
+    assert run_curvature_config(identity, RunConfig(suite="vision-mini")).feature_transform == "identity"

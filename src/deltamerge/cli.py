@@ -116,11 +116,11 @@ def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: 
     update = {"suite": name, **{k: v for k, v in flags.items() if v is not None}}
     if options:
         update["suite_options"] = {**(cfg.suite_options if cfg.suite == name else {}), **options}
-    data = {**cfg.model_dump(), **update}
+    data = {**cfg.model_dump(exclude_unset=True), **update}  # unset stays unset (e.g. curvature.feature_transform)
     if merge_param:  # --merge-param applies to the run's merge method
-        method = data["merge_method"]
-        data["merge_params"] = {**data["merge_params"],
-                                method: {**data["merge_params"].get(method, {}), **parse_merge_params(merge_param)}}
+        method = data.get("merge_method", cfg.merge_method)
+        params = data.get("merge_params", {})
+        data["merge_params"] = {**params, method: {**params.get(method, {}), **parse_merge_params(merge_param)}}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

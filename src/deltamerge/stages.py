@@ -10,7 +10,7 @@ from deltamerge import distributed as dist
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import BaseTrainConfig, RunConfig, config_hash
+from deltamerge.config import BaseTrainConfig, CurvatureConfig, RunConfig, config_hash
 from deltamerge.curvature import Curvature, estimate_curvature
 from deltamerge.data import Task
 from deltamerge.run_guard import commit_vectors, resolve_checkpoint
@@ -23,12 +23,24 @@ def log(msg: str) -> None:
     print(f"[deltamerge] {msg}", flush=True)
 
 
+def run_curvature_config(suite: Suite, run: RunConfig) -> CurvatureConfig:
+    """The run's curvature settings: the suite's preset default, or the run's ``curvature`` section — which takes the
+    suite's feature space (a suite option) unless it sets ``feature_transform`` itself, so that the curvature is the
+    GGN of the features training and heads use."""
+    default = suite.curvature_config(run.preset)
+    if run.curvature is None:
+        return default
+    if "feature_transform" in run.curvature.model_fields_set:
+        return run.curvature
+    return run.curvature.model_copy(update={"feature_transform": default.feature_transform})
+
+
 def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path,
                                dense_blocks: bool = False) -> Curvature:
     """The run's reference curvature, estimated once and reused while its config and reference set are unchanged.
     ``dense_blocks``: a DELTA config of the run has ``dense_norm_blocks`` — the curvature gets its dense LayerNorm /
     class-embedding blocks (added to a cached estimate that lacks only them, without re-estimating the EK-FAC)."""
-    cfg = run.curvature or suite.curvature_config(run.preset)
+    cfg = run_curvature_config(suite, run)
     if dense_blocks and not cfg.dense_blocks:
         cfg = cfg.model_copy(update={"dense_blocks": True})
     params = dict(backbone.named_parameters())
