@@ -107,51 +107,44 @@ def test_drift_penalty_counts_once_per_step_under_accumulation(one_process):
     assert any((heavier["teacher"].deltas[n] - t).abs().max() > 1e-4 for n, t in ref["teacher"].deltas.items())
 
 
-@pytest.mark.parametrize("kind", ["ekfac", "kfac"])
-def test_two_rank_curvature_equals_one_process(two_rank, one_process, kind):
-    """Reference set sharded 19 / 18 over 2 ranks, factors (and EK-FAC corrections) summed = one-process estimate.
-    KFAC factors are compared entry by entry; EK-FAC through its quadratic form on random directions (eigenbases
-    of nearly repeated eigenvalues are not unique, the matrix they represent is)."""
+def _same_curvature(two_rank, prefix: str, kind: str, model, reference, cfg, dtype, factor_tol: dict,
+                    penalty_rtol: float) -> None:
+    """The 2-rank estimate stored under ``prefix`` = the one-process estimate: KFAC factors entry by entry; EK-FAC
+    (and KFAC) through the quadratic form on random directions (eigenbases of nearly repeated eigenvalues are not
+    unique, the matrix they represent is)."""
     from deltamerge.curvature import Curvature, LayerCurvature, estimate_curvature
 
-    backbone, _, _, reference, _ = one_process
-    curv = estimate_curvature(backbone, reference, worker.curvature_configs()[kind])
-    layers = [LayerCurvature(l.module, l.weight, l.bias, {k: two_rank[f"curv/{kind}/{l.module}/{k}"]
+    curv = estimate_curvature(model, reference, cfg)
+    layers = [LayerCurvature(l.module, l.weight, l.bias, {k: two_rank[f"{prefix}/{kind}/{l.module}/{k}"]
                                                           for k in l.tensors}, l.joint) for l in curv.layers]
     got = Curvature(kind, layers, curv.base_fingerprint)
     if kind == "kfac":
         for layer, mine in zip(curv.layers, layers):
             for k, t in layer.tensors.items():
-                _close(mine.tensors[k], t, f"{layer.module} {k}", atol=1e-7)
+                _close(mine.tensors[k], t, f"{layer.module} {k}", **factor_tol)
     g = torch.Generator().manual_seed(3)
-    params = dict(backbone.named_parameters())
+    params = dict(model.named_parameters())
     for _ in range(5):
-        delta = {n: torch.randn(params[n].shape, generator=g) for n in curv.parameter_names}
-        _close(got.penalty(delta), curv.penalty(delta), f"{kind} penalty", rtol=1e-5)
+        delta = {n: torch.randn(params[n].shape, generator=g, dtype=dtype) for n in curv.parameter_names}
+        _close(got.penalty(delta), curv.penalty(delta), f"{prefix} {kind} penalty", rtol=penalty_rtol)
+
+
+@pytest.mark.parametrize("kind", ["ekfac", "kfac"])
+def test_two_rank_curvature_equals_one_process(two_rank, one_process, kind):
+    """Reference set sharded 19 / 18 over 2 ranks, factors (and EK-FAC corrections) summed = one-process estimate."""
+    backbone, _, _, reference, _ = one_process
+    _same_curvature(two_rank, "curv", kind, backbone, reference, worker.curvature_configs()[kind], torch.float32,
+                    {"atol": 1e-7}, 1e-5)
 
 
 @pytest.mark.parametrize("kind", ["ekfac", "kfac"])
 def test_two_rank_token_curvature_equals_one_process(two_rank, kind):
-    """Token model, padding masked and attention keys under KFAC-expand, 13 padded sentences sharded 7 / 6: the
-    masked token counts and factors summed over ranks = the one-process estimate (KFAC entry by entry, EK-FAC
-    through its quadratic form)."""
-    from deltamerge.curvature import Curvature, LayerCurvature, estimate_curvature
-
+    """Token model (float64), padding masked and attention keys under KFAC-expand, 13 padded sentences sharded 7 / 6:
+    the masked token counts and factors summed over ranks = the one-process estimate. EK-FAC to rtol 1e-5 as for the
+    dense model (its eigenbases come from factors summed in another order), KFAC to 1e-9."""
     bert, sentences = worker.token_setup()
-    curv = estimate_curvature(bert, sentences, worker.token_curvature_configs()[kind])
-    layers = [LayerCurvature(l.module, l.weight, l.bias, {k: two_rank[f"tokcurv/{kind}/{l.module}/{k}"]
-                                                          for k in l.tensors}, l.joint) for l in curv.layers]
-    got = Curvature(kind, layers, curv.base_fingerprint)
-    if kind == "kfac":
-        for layer, mine in zip(curv.layers, layers):
-            for k, t in layer.tensors.items():
-                _close(mine.tensors[k], t, f"{layer.module} {k}", rtol=1e-6, atol=1e-10)
-    g = torch.Generator().manual_seed(3)
-    params = dict(bert.named_parameters())
-    for _ in range(5):
-        delta = {n: torch.randn(params[n].shape, generator=g, dtype=torch.float64) for n in curv.parameter_names}
-        # EK-FAC: rtol 1e-5 as for the dense model above (the eigenbases come from factors summed in another order)
-        _close(got.penalty(delta), curv.penalty(delta), f"{kind} token penalty", rtol=1e-5 if kind == "ekfac" else 1e-9)
+    _same_curvature(two_rank, "tokcurv", kind, bert, sentences, worker.token_curvature_configs()[kind],
+                    torch.float64, {"rtol": 1e-6, "atol": 1e-10}, 1e-5 if kind == "ekfac" else 1e-9)
 
 
 def test_two_rank_dense_blocks_equal_one_process(two_rank):
