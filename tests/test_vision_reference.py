@@ -137,3 +137,12 @@ def test_a_run_curvature_section_takes_the_suites_feature_space(tmp_path):
     assert run_curvature_config(suite, explicit).feature_transform == "identity"  # said explicitly: kept
     identity = get_suite("vision-mini", {"feature_transform": "identity"})
     assert run_curvature_config(identity, RunConfig(suite="vision-mini")).feature_transform == "identity"
+
+
+def test_tak_learning_rate_follows_the_feature_space():
+    """TAK's raw-feature lr 3e-3 collapses it on normalised features; its validation-chosen lr there is 3e-4."""
+    from deltamerge.suites import get_suite
+
+    assert get_suite("vision-mini").train_config("tak", "quick").lr == 3e-4
+    assert get_suite("vision-mini", {"feature_transform": "identity"}).train_config("tak", "quick").lr == 3e-3
+    assert get_suite("vision-mini").train_config("delta", "quick").lr == 1e-4

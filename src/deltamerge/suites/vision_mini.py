@@ -145,8 +145,13 @@ class VisionMini(Suite):
         else:
             base = dict(steps=1000, batch_size=128, lr=1e-4, weight_decay=0.1, warmup_steps=100, beta_teacher=1.0,
                         beta_student=1.0, gamma=1.0, lora_lr=1e-3)
-        return recipe_config(regime=regime, feature_transform=self.options.feature_transform,
-                             **{**base, **REGIME_OVERRIDES[preset].get(regime, {})})
+        overrides = dict(REGIME_OVERRIDES[preset].get(regime, {}))
+        if regime == "tak" and self.options.feature_transform == "normalize":
+            # TAK's lr 3e-3 / λ 1 pair was chosen on raw features (‖f‖ ≈ 8, a ≈ 64× larger GGN); on n∘f the penalty no
+            # longer holds lr 3e-3 back and TAK collapses. Validation search, quick, normalised features
+            # (docs/results/tak-gap/TUNE-tak-lr-normalize-quick.md): lr 3e-4 is best (74.6 merged at α = 1).
+            overrides["lr"] = 3e-4
+        return recipe_config(regime=regime, feature_transform=self.options.feature_transform, **{**base, **overrides})
 
     def curvature_config(self, preset: str) -> CurvatureConfig:
         return CurvatureConfig(probes="mc", mc_samples=1, batch_size=64,
