@@ -37,10 +37,6 @@ class VisionMiniOptions(OfflineOptions):
 
     model_config = ConfigDict(extra="forbid")
 
-    # decided on validation data (docs/results/feature-transform-vision-mini.md, quick, seed 0): normalize gives DELTA
-    # 75.6 % single-task / 70.9 % merged at α = 1 against identity's 71.1 / 67.5, and its student reaches its teacher;
-    # non-linear and linear FT are unchanged at their best α. The authors' space too (L2-normalised CLIP features).
-    feature_transform: Literal["identity", "normalize"] = "normalize"
     reference: list[Pool] = Field(default_factory=lambda: ["photos"], min_length=1)
     reference_size: Optional[int] = Field(None, ge=1)
     oracle_fraction: float = Field(0.0, ge=0.0, le=1.0)
