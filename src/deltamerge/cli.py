@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from deltamerge.cli_errors import ErrorGroup, choice, finite, hold, named_flags, set_debug
-from deltamerge.config.merge import MERGE_PARAMS
+from deltamerge.config.merge import MERGE_PARAMS, parse_key_values
 from deltamerge.config.regimes import REGIME_CONFIGS
 from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 from deltamerge.safeio import check_outputs, output_lock
@@ -89,17 +89,11 @@ def _suite_spec(suite: str) -> tuple[str, dict]:
     return suite, {}
 
 
-def _key_values(flag: str, specs: list[str]) -> dict:
-    """``["a=1", "b=normalize"]`` → ``{"a": 1, "b": "normalize"}`` (values read as YAML scalars)."""
+def _yaml_scalar(text: str):
+    """A suite option's value as YAML reads it (``normalize``, ``1``, ``[photos, more-photos]``; empty: "")."""
     import yaml
 
-    out = {}
-    for spec in specs:
-        key, sep, value = spec.partition("=")
-        if not sep or not key.strip():
-            raise DeltaMergeError(f"{flag} '{spec}' is not KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out
+    return yaml.safe_load(text) if text.strip() else ""
 
 
 def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
@@ -423,7 +417,7 @@ def tune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}"),
     choice("--metric", metric, ("merged_alpha1", "merged_best", "single"))
     grid_values = parse_grid(grid)
     name, options = _suite_spec(suite)
-    options = {**options, **_key_values("--suite-option", suite_option)}
+    options = {**options, **parse_key_values(suite_option, "--suite-option", _yaml_scalar, "KEY=VALUE")}
     get_suite(name, options or None)  # unknown suite or options: refused before OUT is created
     check_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ torch so that YAML files and the CLI are checked before anything runs. ``merging
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -68,23 +68,30 @@ def describe_params(model: type[BaseModel]) -> str:
                      for n, f in model.model_fields.items())
 
 
-def parse_merge_params(specs: list[str]) -> dict[str, Any]:
-    """CLI ``--merge-param NAME=VALUE`` (repeatable) → {name: value}; numbers parsed, ``none`` → None."""
+def parse_key_values(specs: list[str], flag: str, parse: Callable[[str], Any], form: str = "NAME=VALUE") -> dict:
+    """Repeatable CLI ``FLAG KEY=VALUE`` → {key: parse(value)}; anything without ``=`` or a key is refused."""
     out: dict[str, Any] = {}
     for spec in specs:
         name, sep, text = spec.partition("=")
         if not sep or not name.strip():
-            raise DeltaMergeError(f"--merge-param '{spec}' is not NAME=VALUE")
-        text = text.strip()
-        value: Any = text
-        if text.lower() in ("none", "null"):
-            value = None
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(text)
-                    break
-                except ValueError:
-                    pass
-        out[name.strip()] = value
+            raise DeltaMergeError(f"{flag} '{spec}' is not {form}")
+        out[name.strip()] = parse(text)
     return out
+
+
+def _number_or_none(text: str) -> Any:
+    """``none`` / ``null`` → None, else int, else float, else the text."""
+    text = text.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_merge_params(specs: list[str]) -> dict[str, Any]:
+    """CLI ``--merge-param NAME=VALUE`` (repeatable) → {name: value}; numbers parsed, ``none`` → None."""
+    return parse_key_values(specs, "--merge-param", _number_or_none)
