@@ -172,6 +172,11 @@ CASES = [
     ("run-other-config", ["run", "synthetic", "--config", "{ws}/run_ok.yaml", "--regimes", "linear",
                           "--out", "{ws}/run"], "another configuration", "sub"),
     ("run-out-file", ["run", "synthetic", "--out", "{ws}/afile"], "is a file", "cli"),
+    # a misspelt task must not claim the run directory (it used to leave config.yaml, so the corrected re-run
+    # was refused as "another configuration")
+    ("run-unknown-task", ["run", "synthetic", "--tasks", "task0,nope", "--out", "{ws}/r2"], "unknown task", "cli"),
+    ("tune-unknown-task", ["tune", "synthetic", "--regime", "nonlinear", "--grid", "lr=0.1", "--tasks", "nope",
+                           "--out", "{ws}/tune2"], "unknown task", "cli"),
     ("run-locked", ["run", "synthetic", "--config", "{ws}/run_ok.yaml", "--out", "{ws}/run"],
      "another deltamerge process", "cli"),
     # report / tune

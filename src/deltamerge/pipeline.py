@@ -83,6 +83,7 @@ def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict
         raise DeltaMergeError(f"extra merges {cfg.extra_merges} apply to the regimes {cfg.extra_merges_on}, none "
                               f"of which is run (regimes: {cfg.regimes})")
     validate_overrides(suite, cfg)
+    suite.check_task_names(cfg.tasks)
     with claim_run_dir(Path(cfg.out), cfg, force):
         return _run(cfg, suite, methods, force, t_start)
 

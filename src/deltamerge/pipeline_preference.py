@@ -118,6 +118,7 @@ def run_preference(cfg: RunConfig, suite: PreferenceSuite, force: bool = False) 
     """The whole preference pipeline into ``cfg.out`` (results.json, REPORT.md, figures/pareto.png); the run
     directory is claimed (locked, same configuration or ``force``) as in ``pipeline.run``."""
     regimes = _regimes(cfg, suite)
+    suite.check_task_names(cfg.tasks)
     with claim_run_dir(Path(cfg.out), cfg, force):
         return _run_preference(cfg, suite, regimes, force)
 

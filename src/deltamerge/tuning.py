@@ -84,6 +84,7 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     out = Path(out)
     _check_same_options(out, suite_options or {})
     suite = get_suite(suite_name, suite_options or None)
+    suite.check_task_names(tasks)  # before OUT is created
     out.mkdir(parents=True, exist_ok=True)
     backbone = suite.backbone()
     task_map = suite.tasks(preset, tasks)

@@ -37,11 +37,15 @@ class Suite:
 
     def tasks(self, preset: str, names: list[str] | None = None) -> dict[str, Task]:
         """The tasks (all, or ``names``), with splits sized for the preset."""
+        self.check_task_names(names)
+        return {n: self.load_task(n, preset) for n in (names or self.task_names)}
+
+    def check_task_names(self, names: list[str] | None) -> None:
+        """A misspelt task name is an error — checked before a run directory is claimed (no data loaded)."""
         unknown = [n for n in (names or []) if n not in self.task_names]
         if unknown:
             raise DeltaMergeError(f"unknown task(s) {unknown} in suite '{self.name}' "
                                   f"(known: {', '.join(self.task_names)})")
-        return {n: self.load_task(n, preset) for n in (names or self.task_names)}
 
     def load_task(self, name: str, preset: str) -> Task:
         raise NotImplementedError
