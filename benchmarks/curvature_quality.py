@@ -26,6 +26,7 @@ from deltamerge import rundir
 from deltamerge.artifacts import fingerprint
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature import estimate_curvature
+from deltamerge.feature_space import vector_transform
 from deltamerge.linearize import FunctionalModel
 from deltamerge.suites import get_suite
 from deltamerge.suites.vision_reference import oracle_inputs
@@ -54,14 +55,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    suite = get_suite("vision-mini")
+    # the feature space g = T∘f the vectors were trained in (their config); curvature and drift are measured on g
+    probe = get_suite("vision-mini")
+    task_names = probe.task_names
+    first = TaskVector.load(rundir.vector_path(args.run / rundir.VECTORS, "delta", task_names[0]))
+    transform = vector_transform(first)
+    suite = get_suite("vision-mini", {"feature_transform": transform})
     backbone = suite.backbone()
     tasks = suite.tasks("quick")
     ref = suite.reference("quick")[:args.samples]
     fp = fingerprint(backbone)
     vecs = {t: TaskVector.load(rundir.vector_path(args.run / rundir.VECTORS, "delta", t), fp) for t in tasks}
     names = sorted(next(iter(vecs.values())).deltas)
-    model = FunctionalModel(backbone, names)
+    model = FunctionalModel(backbone, names, transform)
     directions = {t: v.deltas for t, v in vecs.items()}
     directions["sum (merged, α=1)"] = {n: sum(v.deltas[n] for v in vecs.values()) for n in names}
 
@@ -75,13 +81,15 @@ def main() -> None:
     for label, kind, probes, mc, seed in estimates:
         t0 = time.perf_counter()
         curvs[label] = estimate_curvature(backbone, ref, CurvatureConfig(
-            kind=kind, probes=probes, mc_samples=mc, seed=seed, batch_size=args.batch, progress=False))
+            kind=kind, probes=probes, mc_samples=mc, seed=seed, batch_size=args.batch, progress=False,
+            feature_transform=transform))
         seconds[label] = time.perf_counter() - t0
     layers = curvs["EK-FAC mc1"].layers
     task_x = oracle_inputs(list(tasks.values()), args.task_samples * len(tasks))
 
     print(f"# Curvature quality on vision-mini (EfficientNet-Lite0, 32 px), run {args.run}")
-    print(f"{args.samples} reference crops (scikit-image photos), {args.task_samples} training inputs per task; "
+    print(f"feature space g = {transform}∘f; {args.samples} reference crops (scikit-image photos), "
+          f"{args.task_samples} training inputs per task; "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s).")
     print("Estimation time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + "\n")
     print("| direction | full τᵀGτ (ref) | block-diag | missed by block-diag | "
