@@ -6,7 +6,8 @@ For directions τ (a run's DELTA task vectors and their sum, the merged edit) on
     missed = 1 − block / full   (share of the drift the block-diagonal penalty misses; < 0: cross-layer terms cancel)
 and the penalties of EK-FAC / KFAC estimated on the same N inputs with 1 Monte-Carlo probe, with 16
 (the probe noise shrinks toward exact probes) and, with ``--exact``, exact probes (one backward per feature
-dimension: slow on a CPU), as ratios to ``block`` (what they approximate). The last columns put the
+dimension: slow on a CPU), as ratios to ``block`` (what they approximate); "mc1 seed 1" is a second 1-probe draw
+and "run's own" the run's curvature file (what the vectors were trained against). The last columns put the
 reference set's exact drift next to the drift on the tasks' own training inputs (k per task): the share of the
 tasks' drift that a penalty built on the reference set sees.
 
@@ -25,7 +26,7 @@ import torch
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint
 from deltamerge.config import CurvatureConfig
-from deltamerge.curvature import estimate_curvature
+from deltamerge.curvature import Curvature, estimate_curvature
 from deltamerge.feature_space import vector_transform
 from deltamerge.linearize import FunctionalModel
 from deltamerge.suites import get_suite
@@ -73,8 +74,10 @@ def main() -> None:
 
     # (label, kind, probes, MC samples, seed); exact probes cost one backward per feature dimension (1280 here),
     # so by default the probe noise is measured against 16 MC samples (→ exact probes as samples grow)
-    estimates = [("EK-FAC mc1", "ekfac", "mc", 1, 0), ("EK-FAC mc16", "ekfac", "mc", 16, 0),
-                 ("KFAC mc1", "kfac", "mc", 1, 0)]
+    # "mc1 seed 1" draws other probes on the same inputs: if τ sits where one draw's S happens to be small (DELTA
+    # trained against a 1-probe estimate), another draw sees more of its drift than the same draw does
+    estimates = [("EK-FAC mc1", "ekfac", "mc", 1, 0), ("EK-FAC mc1 seed 1", "ekfac", "mc", 1, 1),
+                 ("EK-FAC mc16", "ekfac", "mc", 16, 0), ("KFAC mc1", "kfac", "mc", 1, 0)]
     if args.exact:
         estimates.append(("EK-FAC exact", "ekfac", "exact", 1, 0))
     curvs, seconds = {}, {}
@@ -85,6 +88,9 @@ def main() -> None:
             feature_transform=transform))
         seconds[label] = time.perf_counter() - t0
     layers = curvs["EK-FAC mc1"].layers
+    run_curv = args.run / rundir.CURVATURE
+    if run_curv.exists():  # what the vectors were trained against (the run's reference set and probes)
+        curvs["run's own"] = Curvature.load(run_curv, fp)
     task_x = oracle_inputs(list(tasks.values()), args.task_samples * len(tasks))
 
     print(f"# Curvature quality on vision-mini (EfficientNet-Lite0, 32 px), run {args.run}")

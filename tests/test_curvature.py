@@ -1,5 +1,7 @@
 """EK-FAC / KFAC of the feature GGN vs brute-force per-layer GGN blocks; penalty gradient; round-trips."""
 
+import inspect
+
 import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
@@ -154,3 +156,23 @@ def test_round_trip_and_mismatch(tmp_path):
     bad.write_bytes(b"not a safetensors file at all")
     with pytest.raises(DeltaMergeError, match="not a readable safetensors"):
         Curvature.load(bad)
+
+
+def test_seed_draws_other_mc_probes():
+    """CurvatureConfig.seed reaches curvlinops' probe generator (it used to seed only the subsample, so two seeds
+    gave bit-identical MC estimates); seed 0 is curvlinops' own default stream."""
+    from curvlinops import EKFACLinearOperator
+
+    from deltamerge.curvature.estimate import probe_seed
+
+    model = ToyMLP(d_in=5, hidden=6, d_out=4)
+    x = torch.randn(64, 5)
+    cfg = CurvatureConfig(probes="mc", mc_samples=1, batch_size=32, progress=False)
+    a = estimate_curvature(model, x, cfg)
+    b = estimate_curvature(model, x, cfg)
+    c = estimate_curvature(model, x, cfg.model_copy(update={"seed": 1}))
+    tau = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    assert torch.equal(a.penalty(tau), b.penalty(tau))
+    assert not torch.allclose(a.penalty(tau), c.penalty(tau))
+    default = inspect.signature(EKFACLinearOperator.__init__).parameters["seed"].default
+    assert probe_seed(0) == default
