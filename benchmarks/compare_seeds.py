@@ -68,22 +68,29 @@ def _rows(res: dict, split: str = "test") -> dict[str, dict]:
     return out
 
 
-def _names(settings: dict[str, list[dict]], split: str) -> list[str]:
+def _parsed(settings: dict[str, list[dict]], split: str) -> dict[str, list[dict[str, dict]]]:
+    """setting → one ``_rows`` per seed (each results.json read once)."""
+    return {setting: [_rows(res, split) for res in runs] for setting, runs in settings.items()}
+
+
+def _names(parsed: dict[str, list[dict[str, dict]]]) -> list[str]:
+    """Every method name, in first-seen order."""
     names: list[str] = []
-    for runs in settings.values():
-        for res in runs:
-            names += [n for n in _rows(res, split) if n not in names]
+    for seeds in parsed.values():
+        for rows in seeds:
+            names += [n for n in rows if n not in names]
     return names
 
 
 def table(settings: dict[str, list[dict]], split: str = "test") -> str:
     neg = split == "test"
+    parsed = _parsed(settings, split)
     lines = ["| method | setting | seeds | single | α=1 abs / norm | best-α abs / norm (α) |"
              + (" negation target ↓ / control |" if neg else ""),
              "|---|---|---|---|---|---|" + ("---|" if neg else "")]
-    for name in _names(settings, split):
-        for setting, runs in settings.items():
-            rows = [r[name] for r in (_rows(res, split) for res in runs) if name in r]
+    for name in _names(parsed):
+        for setting, seeds in parsed.items():
+            rows = [r[name] for r in seeds if name in r]
             if not rows:
                 continue
             col = lambda k: [r[k] for r in rows if k in r]  # noqa: E731
@@ -103,10 +110,11 @@ def per_task_table(settings: dict[str, list[dict]]) -> str:
     for runs in settings.values():
         for res in runs:
             tasks += [t for t in res.get("tasks", []) if t not in tasks]
+    parsed = _parsed(settings, "test")
     lines = ["| method | setting | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
-    for name in _names(settings, "test"):
-        for setting, runs in settings.items():
-            rows = [r[name] for r in (_rows(res) for res in runs) if name in r and r[name].get("per_task")]
+    for name in _names(parsed):
+        for setting, seeds in parsed.items():
+            rows = [r[name] for r in seeds if name in r and r[name].get("per_task")]
             if rows:
                 cells = [_mean([r["per_task"][t] for r in rows if t in r["per_task"]]) for t in tasks]
                 lines.append(f"| {name} | {setting} | " + " | ".join(cells) + " |")
@@ -120,13 +128,13 @@ def figure(settings: dict[str, list[dict]], path: Path, split: str = "test") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in _names(settings, split)
-             if any("a1_abs" in _rows(res, split).get(n, {}) for runs in settings.values() for res in runs)]
+    parsed = _parsed(settings, split)
+    names = [n for n in _names(parsed) if any("a1_abs" in r.get(n, {}) for seeds in parsed.values() for r in seeds)]
     width = 0.8 / len(settings)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4.0))
-    for i, (setting, runs) in enumerate(settings.items()):
+    for i, seeds in enumerate(parsed.values()):
         for j, name in enumerate(names):
-            vals = [100 * r[name]["a1_abs"] for r in (_rows(res, split) for res in runs) if "a1_abs" in r.get(name, {})]
+            vals = [100 * r[name]["a1_abs"] for r in seeds if "a1_abs" in r.get(name, {})]
             if not vals:
                 continue
             x = j - 0.4 + width * (i + 0.5)

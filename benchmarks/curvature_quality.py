@@ -57,10 +57,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     # the feature space g = T∘f the vectors were trained in (their config); curvature and drift are measured on g
-    probe = get_suite("vision-mini")
-    task_names = probe.task_names
-    first = TaskVector.load(rundir.vector_path(args.run / rundir.VECTORS, "delta", task_names[0]))
-    transform = vector_transform(first)
+    first_task = get_suite("vision-mini").task_names[0]
+    transform = vector_transform(TaskVector.load(rundir.vector_path(args.run / rundir.VECTORS, "delta", first_task)))
     suite = get_suite("vision-mini", {"feature_transform": transform})
     backbone = suite.backbone()
     tasks = suite.tasks("quick")

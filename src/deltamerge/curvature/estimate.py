@@ -116,7 +116,8 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     op_cls = EKFACLinearOperator if cfg.kind == "ekfac" else KFACLinearOperator
     op_cls = masked_operator(op_cls) if masks is not None else op_cls
     op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=cfg.progress and is_main(),
-                check_deterministic=False, seed=probe_seed(cfg.seed), fisher_type="type-2" if cfg.probes == "exact" else "mc",
+                check_deterministic=False, seed=probe_seed(cfg.seed),
+                fisher_type="type-2" if cfg.probes == "exact" else "mc",
                 mc_samples=1 if cfg.probes == "exact" else cfg.mc_samples, kfac_approx=approx,
                 num_data=n, batch_size_fn=(lambda x: num_rows(x)) if is_dict else None,
                 separate_weight_and_bias=not cfg.joint_bias,
@@ -152,7 +153,8 @@ CURVLINOPS_DEFAULT_SEED = 2147483647
 
 
 def probe_seed(seed: int) -> int:
-    """The generator seed of the MC probes for ``CurvatureConfig.seed`` (which also seeds ``num_examples``'s subsample)."""
+    """The generator seed of the MC probes for ``CurvatureConfig.seed`` (which also seeds the ``num_examples``
+    subsample)."""
     return CURVLINOPS_DEFAULT_SEED + seed
 
 
