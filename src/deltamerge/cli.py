@@ -1,124 +1,23 @@
 """The ``deltamerge`` command line (typer). Every user-facing failure is one ``error:`` line on stderr and exit code 2
 (``cli_errors.py``; ``--debug`` or DELTAMERGE_DEBUG=1 adds the traceback); outputs are checked and locked before any
-work starts and never replaced without --force (``safeio.py``, docs/errors.md)."""
+work starts and never replaced without --force (``safeio.py``, docs/errors.md). Shared pieces: ``cli_common.py``;
+assets and export: ``cli_artifacts.py``."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
-from pydantic import ValidationError
 
-from deltamerge.cli_errors import ErrorGroup, choice, finite, hold, named_flags, set_debug
-from deltamerge.config.merge import MERGE_PARAMS, parse_key_values
-from deltamerge.config.regimes import REGIME_CONFIGS
+from deltamerge.cli_common import (METHOD_NAMES, REGIME_NAMES, SUITE_NAMES, SUITES, _preset, _run_config,
+                                   _suite_spec, _write_lock, _yaml_scalar, app, friendly, get_suite_checked)
+from deltamerge.cli_errors import choice, finite, hold
+from deltamerge.config.merge import parse_key_values
 from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
-from deltamerge.safeio import check_outputs, output_lock
-from deltamerge.suites.registry import SUITES
-
-# Valid names for the help texts, from the (torch-free) registries; `deltamerge regimes|methods|suites` describe them.
-REGIME_NAMES = ", ".join(REGIME_CONFIGS)
-METHOD_NAMES = ", ".join(MERGE_PARAMS)
-SUITE_NAMES = ", ".join(n for n in SUITES if n != "yaml")  # "yaml" is reached by giving a .yaml file
-
-PRESETS = ("quick", "full")
-
-app = typer.Typer(cls=ErrorGroup, add_completion=False, no_args_is_help=True,
-                  help="DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them.")
-assets_app = typer.Typer(no_args_is_help=True, help="Install the offline suites' weights and data.")
-app.add_typer(assets_app, name="assets")
-
-
-@app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="show the traceback behind an error "
-                                        "(also: DELTAMERGE_DEBUG=1)")) -> None:
-    """DELTA and baselines: fine-tune composable task vectors, merge them, evaluate them."""
-    set_debug(debug)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Name the command's flags in validation errors; everything else that escapes is reported by ErrorGroup as one
-    ``error:`` line with exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            from deltamerge.distributed import init
-
-            init(quiet_workers=True)  # under torchrun: join the process group (no-op in one process)
-            return fn(*args, **kwargs)
-        except ValidationError as exc:
-            raise named_flags(exc) from exc
-        except InvalidSettings as exc:  # settings built from this command's flags: name the flags
-            raise named_flags(exc.validation) from exc
-
-    return wrapper
-
-
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    check_outputs([path], force)
-
-
-def _write_lock(out: Path, force: bool, also: tuple[Path, ...] = ()) -> None:
-    """Check ``out`` (and companion files) may be written, then lock ``out`` for the rest of the command (a second
-    process writing it gets a clear error) and check again under the lock."""
-    check_outputs([out, *also], force)
-    hold(output_lock(out.with_name(f"{out.name}.lock"), str(out)))
-    check_outputs([out, *also], force)
-
-
-def _preset(preset: Optional[str]) -> None:
-    choice("--preset", preset, PRESETS)
-
-
-def _split(text: Optional[str]) -> Optional[list[str]]:
-    return [t.strip() for t in text.split(",") if t.strip()] if text is not None else None
-
-
-def _suite_spec(suite: str) -> tuple[str, dict]:
-    """A suite name, or a YAML suite file → ("yaml", {"file": absolute path})."""
-    if suite.endswith((".yaml", ".yml")):
-        path = Path(suite)
-        if not path.is_file():
-            raise DeltaMergeError(f"suite file not found: {suite}")
-        return "yaml", {"file": str(path.resolve())}
-    return suite, {}
-
-
-def _yaml_scalar(text: str):
-    """A suite option's value as YAML reads it (``normalize``, ``1``, ``[photos, more-photos]``; empty: "")."""
-    import yaml
-
-    return yaml.safe_load(text) if text.strip() else ""
-
-
-def _run_config(suite: str, regimes: Optional[str], preset: Optional[str], out: Optional[Path], tasks: Optional[str],
-                config: Optional[Path], merge_method: Optional[str] = None, extra_merges: Optional[str] = None,
-                merge_param: Optional[list[str]] = None):
-    """A RunConfig from the YAML file (if any) with the flags given on the command line taking precedence."""
-    from deltamerge.config import RunConfig, load_yaml
-    from deltamerge.config.merge import parse_merge_params
-
-    name, options = _suite_spec(suite)
-    cfg = load_yaml(config, RunConfig) if config is not None else RunConfig(suite=name)
-    flags = {"regimes": _split(regimes), "preset": preset, "out": out, "tasks": _split(tasks),
-             "merge_method": merge_method, "extra_merges": _split(extra_merges)}
-    update = {"suite": name, **{k: v for k, v in flags.items() if v is not None}}
-    if options:
-        update["suite_options"] = {**(cfg.suite_options if cfg.suite == name else {}), **options}
-    data = {**cfg.model_dump(exclude_unset=True), **update}  # unset stays unset (e.g. curvature.feature_transform)
-    if merge_param:  # --merge-param applies to the run's merge method
-        method = data.get("merge_method", cfg.merge_method)
-        params = data.get("merge_params", {})
-        data["merge_params"] = {**params, method: {**params.get(method, {}), **parse_merge_params(merge_param)}}
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise named_flags(exc) from None
+from deltamerge.safeio import output_lock
 
 
 @app.command()
@@ -214,12 +113,6 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
     dense = f", {len(curv.dense)} dense blocks" if cfg.dense_blocks else ""
     typer.echo(f"wrote {out}: {curv.kind}, {len(curv.layers)} layers{dense}, {curv.meta['num_data']} reference "
                "examples")
-
-
-def get_suite_checked(name: str):
-    from deltamerge.suites import get_suite
-
-    return get_suite(*_suite_spec(name))
 
 
 @app.command()
@@ -457,65 +350,7 @@ def report(run_dir: Path,
     typer.echo(f"wrote {write_report(run_dir)}")
 
 
-@assets_app.command("fetch")
-@friendly
-def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, text-mini or llm-mini (default: all)"),
-                 force: bool = typer.Option(False, help="fetch and convert again even if installed (repairs a "
-                                            "corrupt cache)")) -> None:
-    """Download and convert what a suite needs into the cache (DELTAMERGE_CACHE, default ~/.cache/deltamerge)."""
-    from deltamerge.assets import SUITE_ASSETS, fetch_suite
-
-    for name in ([suite] if suite else list(SUITE_ASSETS)):
-        fetch_suite(name, force=force)
-        typer.echo(f"{name}: assets ready")
-
-
-@assets_app.command("list")
-@friendly
-def assets_list() -> None:
-    """Show every offline asset, its source, licence and whether it is installed."""
-    from deltamerge.assets import list_assets
-
-    for row in list_assets():
-        typer.echo(" | ".join(str(v) for v in row.values()))
-
-
-@app.command()
-@friendly
-def export(out: Path = typer.Argument(..., help="output folder (hf, checkpoints) or .safetensors file"),
-           vector: list[Path] = typer.Option([], "--vector", help="task vector(s); none: θ0 itself"),
-           suite: Optional[str] = typer.Option(None, help="the suite whose backbone the vectors were trained on"),
-           model: Optional[Path] = typer.Option(None, help="...or a local Hugging Face model folder"),
-           alpha: float = 1.0,
-           format: str = typer.Option("hf", "--format", help="hf (save_pretrained folder of θ0 + α·τ), "
-                                      "safetensors (plain state dict), checkpoints (θ0 + τ_t per vector, for "
-                                      "mergekit)"),
-           force: bool = False) -> None:
-    """Write θ0 + α·τ as a deployable model (Hugging Face folder or safetensors), or one checkpoint per vector."""
-    from deltamerge.export import export_model, export_task_checkpoints, load_hf_model
-    from deltamerge.taskvector import TaskVector
-
-    if (suite is None) == (model is None):
-        raise DeltaMergeError("give exactly one of --suite NAME or --model FOLDER")
-    if format not in ("hf", "safetensors", "checkpoints"):
-        raise DeltaMergeError(f"--format must be hf, safetensors or checkpoints, not '{format}'")
-    if format == "safetensors":
-        _refuse_overwrite(out, force)
-    elif out.exists() and not force:  # hf / checkpoints write a folder (replaced atomically with --force)
-        raise DeltaMergeError(f"{out} exists; refusing to overwrite it (pass --force to replace it)")
-    loaded = [TaskVector.load(p) for p in vector]  # validated before the model is loaded
-    base = get_suite_checked(suite).backbone() if suite is not None else load_hf_model(model)
-    if format == "checkpoints":
-        names = [str(v.meta.get("task") or p.stem) for v, p in zip(loaded, vector)]
-        if len(set(names)) != len(names):
-            names = [p.stem for p in vector]
-        paths = export_task_checkpoints(base, dict(zip(names, loaded)), out, overwrite=force)
-        typer.echo(f"wrote {len(paths)} checkpoints under {out} (base + {', '.join(names)}; mergekit.yaml beside)")
-        return
-    if len(loaded) > 1:
-        raise DeltaMergeError("--format hf/safetensors writes one model: merge the vectors first (deltamerge merge)")
-    export_model(base, out, loaded[0] if loaded else None, alpha, format=format, overwrite=force)
-    typer.echo(f"wrote {out} ({format}, α = {alpha})")
+import deltamerge.cli_artifacts  # noqa: E402,F401  (registers assets and export, listed last)
 
 
 def main() -> None:  # pragma: no cover
