@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("report", {"report"}),
     ("stages", {"stages", "run_diagnostics", "tuning"}),
     ("pipeline", {"pipeline", "pipeline_preference"}),
-    ("interfaces", {"api", "cli"}),
+    ("interfaces", {"api", "cli", "cli_common", "cli_artifacts"}),
 ]
 
 #: edges the layer order alone would allow but the data flow forbids (siblings that stay independent)
@@ -35,7 +35,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "merging": {"training", "curvature", "suites", "evaluation"},
     "curvature": {"suites", "training", "evaluation", "merging"},
     "training": {"suites", "evaluation", "merging"},
-    "evaluation": {"suites", "curvature", "report", "pipeline", "cli", "run_diagnostics", "stages", "tuning"},
+    "evaluation": {"suites", "curvature", "report", "pipeline", "cli", "cli_common", "cli_artifacts", "run_diagnostics",
+                   "stages", "tuning"},
     "backbones": {"suites", "heads", "taskvector"},
     "hub_access": {"suites", "backbones"},
     "report": {"pipeline", "run_diagnostics", "stages", "evaluation", "training"},
