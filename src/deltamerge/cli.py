@@ -12,12 +12,13 @@ from typing import Optional
 
 import typer
 
-from deltamerge.cli_common import (METHOD_NAMES, REGIME_NAMES, SUITE_NAMES, SUITES, _preset, _run_config,
-                                   _suite_spec, _write_lock, _yaml_scalar, app, friendly, get_suite_checked)
+from deltamerge.cli_common import (METHOD_NAMES, REGIME_NAMES, SUITE_NAMES, _preset, _run_config, _suite_spec,
+                                   _write_lock, _yaml_scalar, app, friendly, get_suite_checked)
 from deltamerge.cli_errors import choice, finite, hold
 from deltamerge.config.merge import parse_key_values
 from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 from deltamerge.safeio import output_lock
+from deltamerge.suites.registry import SUITES
 
 
 @app.command()

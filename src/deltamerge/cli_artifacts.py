@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from deltamerge.cli_common import _refuse_overwrite, app, assets_app, friendly, get_suite_checked
+from deltamerge.cli_common import app, assets_app, friendly, get_suite_checked
 from deltamerge.errors import DeltaMergeError
+from deltamerge.safeio import check_outputs
 
 
 @assets_app.command("fetch")
@@ -54,7 +55,7 @@ def export(out: Path = typer.Argument(..., help="output folder (hf, checkpoints)
     if format not in ("hf", "safetensors", "checkpoints"):
         raise DeltaMergeError(f"--format must be hf, safetensors or checkpoints, not '{format}'")
     if format == "safetensors":
-        _refuse_overwrite(out, force)
+        check_outputs([out], force)
     elif out.exists() and not force:  # hf / checkpoints write a folder (replaced atomically with --force)
         raise DeltaMergeError(f"{out} exists; refusing to overwrite it (pass --force to replace it)")
     loaded = [TaskVector.load(p) for p in vector]  # validated before the model is loaded

@@ -56,10 +56,6 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    check_outputs([path], force)
-
-
 def _write_lock(out: Path, force: bool, also: tuple[Path, ...] = ()) -> None:
     """Check ``out`` (and companion files) may be written, then lock ``out`` for the rest of the command (a second
     process writing it gets a clear error) and check again under the lock."""
