@@ -69,3 +69,91 @@ def test_run_refuses_an_unsplittable_batch_before_any_regime_trains(tmp_path):
         run(cfg)
     vectors = tmp_path / "run" / "vectors"
     assert not vectors.exists() or not any(vectors.rglob("*.safetensors"))
+
+
+# ---- τJp: the authors' mean over the other tasks and the reference, on the raw encoder output -------------------------
+def test_taujp_mean_reduction_against_a_hand_computation():
+    """f(x) = W x + b (one nn.Linear), so J(x)·τ = ΔW x + Δb exactly: the penalty is computed by hand."""
+    import torch
+
+    from deltamerge.backbones.toy import ToyMLP
+    from deltamerge.linearize import FunctionalModel
+    from deltamerge.training.taujp import taujp_penalty
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        backbone = ToyMLP(d_in=4, hidden=5, d_out=3)
+        last = [n for n, _ in backbone.named_parameters()][-2:]  # only the output layer trains: f is affine in it
+        model = FunctionalModel(backbone, last)
+        g = torch.Generator().manual_seed(0)
+        batches = {"b": torch.randn(5, 4, generator=g), "c": torch.randn(3, 4, generator=g),
+                   "ref": torch.randn(4, 4, generator=g)}
+        tau = {n: torch.randn(p.shape, generator=g) for n, p in model.base.items()}
+        w_name, b_name = last
+        hidden = _hidden_of(backbone, batches)
+        terms = [(h @ tau[w_name].T + tau[b_name]).norm(dim=-1).mean() for h in hidden.values()]
+        want_sum, want_mean = sum(terms), sum(terms) / 3
+        got_sum = taujp_penalty(model, batches, tau, "norm", "sum")
+        got_mean = taujp_penalty(model, batches, tau, "norm", "mean")
+        assert torch.allclose(got_sum, want_sum, rtol=1e-10) and torch.allclose(got_mean, want_mean, rtol=1e-10)
+        sq = [(h @ tau[w_name].T + tau[b_name]).square().sum(-1).mean() for h in hidden.values()]
+        assert torch.allclose(taujp_penalty(model, batches, tau, "squared", "mean"), sum(sq) / 3, rtol=1e-10)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with pytest.raises(DeltaMergeError, match="reduction"):
+        taujp_penalty(model, batches, tau, "norm", "average")
+
+
+def _hidden_of(backbone, batches):
+    """The input of the backbone's last nn.Linear for each batch (a forward hook)."""
+    import torch
+
+    last = [m for m in backbone.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen = {}
+    for k, x in batches.items():
+        h = last.register_forward_hook(lambda mod, inp, out: seen.__setitem__(k, inp[0].detach()))
+        try:
+            backbone(x)
+        finally:
+            h.remove()
+    return seen
+
+
+def test_taujp_regime_uses_the_configured_reduction():
+    """The logged τJp term under "mean" is the "sum" one / number of terms (other task + reference); two steps: at
+    τ = 0 the term is 0 and its subgradient 0, so both runs reach the same τ after the first step."""
+    import torch
+
+    from deltamerge.backbones.base import Head
+    from deltamerge.backbones.toy import ToyMLP
+    from deltamerge.data import ArrayDataset
+    from deltamerge.training import train
+    from deltamerge.training.context import TrainContext
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 8, generator=g)
+    data = ArrayDataset(x, (x[:, 0] > 0).long())
+    ctx = TrainContext(other_inputs={"b": torch.randn(40, 8, generator=g)}, reference=torch.randn(32, 8, generator=g))
+    logs = {}
+    for red in ("sum", "mean"):
+        cfg = train_config("taujp", steps=2, batch_size=16, lr=1e-2, progress=False, taujp_reduction=red)
+        tv = train(ToyMLP(), Head(torch.randn(2, 6, generator=torch.Generator().manual_seed(1))), data, cfg,
+                   context=ctx)["main"]
+        logs[red] = tv.meta["final_logs"]["taujp"]
+    assert logs["sum"] > 0 and logs["mean"] == pytest.approx(logs["sum"] / 2, rel=1e-6)
+
+
+def test_hub_recipes_taujp_mean_on_raw_features_and_lora_lr_3e4():
+    """vision8 / nli6 recipes: τJp as its authors (mean, raw encoder output), every LoRA at the authors' 3e-4 (also
+    delta-lora's student, under the paper profile and under ``released``)."""
+    from deltamerge.config import with_overrides
+    from deltamerge.suites import get_suite
+
+    vision = get_suite("vision8", {})
+    cfg = vision.train_config("taujp", "full")
+    assert (cfg.taujp_reduction, cfg.feature_transform) == ("mean", "identity")
+    assert get_suite("nli6", {}).train_config("taujp", "full").taujp_reduction == "mean"
+    for regime in ("lora", "lora-linear", "delta-lora"):
+        assert vision.train_config(regime, "full").lora_lr == 3e-4, regime
+    released = with_overrides(vision.train_config("delta-lora", "full"), {"profile": "released"})
+    assert (released.lora_lr, released.teacher_lr, released.delta_lora_teacher) == (3e-4, 3e-4, "lora")

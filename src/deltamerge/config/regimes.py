@@ -198,6 +198,8 @@ class TauJpConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     taujp_form: Literal["norm", "squared"] = "norm"  # norm: mean_x ‖J(x)τ‖ (authors); squared: mean_x ‖J(x)τ‖²
     taujp_reference: bool = True  # also penalise the drift on the suite's reference/control inputs (authors: ImageNet)
     taujp_batch_size: int = Field(32, ge=1)  # inputs drawn per step from each other task
+    taujp_reduction: Literal["sum", "mean"] = "sum"  # over the other tasks (+ reference): Σ, or the τJp authors' mean
+    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("taujp_reduction",)  # config_hash: absent at the default
 
 
 class TAKConfig(InterferencePenalty, Trainable, BaseTrainConfig):
