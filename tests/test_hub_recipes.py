@@ -157,3 +157,64 @@ def test_hub_recipes_taujp_mean_on_raw_features_and_lora_lr_3e4():
         assert vision.train_config(regime, "full").lora_lr == 3e-4, regime
     released = with_overrides(vision.train_config("delta-lora", "full"), {"profile": "released"})
     assert (released.lora_lr, released.teacher_lr, released.delta_lora_teacher) == (3e-4, 3e-4, "lora")
+
+
+# ---- ImageNet's parquet conversion and gated models ------------------------------------------------------------------
+@pytest.mark.parametrize("folder", ["validation", "partial-validation"])
+def test_parquet_conversion_glob_matches_full_and_partial_splits(tmp_path, folder):
+    """The hub's parquet branch names a split it converted in part ``partial-<split>``: the default glob of the
+    control task reads both layouts (local fixture files through the real ``datasets.load_dataset``)."""
+    pytest.importorskip("datasets")
+    from hub_fixtures import image_table
+
+    from deltamerge.suites.hub_data import DatasetRef, HubSource, conversion_files
+
+    conv = tmp_path / "mirror" / "imagenet-1k" / "default" / folder
+    conv.mkdir(parents=True)
+    image_table(5, 9, 8).to_parquet(str(conv / "0000.parquet"))
+    image_table(5, 4, 9).to_parquet(str(conv.parent / "other.parquet"))  # not the split's: not read
+    ref = DatasetRef("mirror/imagenet-1k", test="validation", streamed=True, data_files=conversion_files("validation"))
+    assert len(HubSource(data_root=tmp_path).table(ref, "validation")) == 9
+
+
+def test_vision_control_on_the_parquet_branch_defaults_to_the_conversion_glob():
+    from deltamerge.suites import get_suite
+
+    class Spy:
+        def table(self, ref, split, limit=None):
+            self.ref = ref
+            raise DeltaMergeError("stop")
+
+    spy = Spy()
+    suite = get_suite("vision8", {"control_revision": "refs/convert/parquet"})
+    suite.source = spy
+    with pytest.raises(DeltaMergeError, match="stop"):
+        suite.control("quick")
+    assert (spy.ref.revision, spy.ref.data_files) == ("refs/convert/parquet", "default/*validation/*.parquet")
+    suite = get_suite("vision8", {"control_revision": "refs/convert/parquet", "control_data_files": "x/*.parquet"})
+    suite.source = spy
+    with pytest.raises(DeltaMergeError, match="stop"):
+        suite.control("quick")
+    assert spy.ref.data_files == "x/*.parquet"  # an explicit glob wins
+
+
+def test_gated_model_names_the_repo_and_the_license_to_accept(monkeypatch):
+    """A gated *model* (Llama) gets its own message: the model page and its license, not a data set's terms."""
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub.errors import GatedRepoError
+
+    import deltamerge.suites.llm_hub as llm_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(llm_hub, "require_hub", lambda what: None)
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError("401 Client Error. Cannot access gated repo for url https://huggingface.co/...")
+
+    monkeypatch.setattr(llm_hub, "load_causal_lm", gated)
+    with pytest.raises(DeltaMergeError) as err:
+        llm_hub.LLMPref({}).backbone()
+    msg = str(err.value)
+    assert "https://huggingface.co/meta-llama/Llama-3.2-1B-Instruct" in msg and "license" in msg
+    assert "dataset" not in msg and "huggingface-cli login" in msg

@@ -69,7 +69,7 @@ class RewardModelScore:
 
         if not is_local(name):
             require_hub(f"reward model {name}")
-        with hub_errors(f"reward model {name}"):
+        with hub_errors(f"reward model {name}", name, kind="models"):
             self.tok = AutoTokenizer.from_pretrained(name)
             self.model = AutoModelForSequenceClassification.from_pretrained(name).eval()
         if self.model.config.num_labels != 1:
@@ -126,7 +126,7 @@ class LLMPref(PreferenceSuite):
         o = self.options
         if not is_local(o.model):
             require_hub(f"model {o.model}")
-        with hub_errors(f"model {o.model}"):
+        with hub_errors(f"model {o.model}", o.model, kind="models"):
             return load_causal_lm(o.model, dtype=getattr(torch, o.dtype), name=o.model)
 
     def _rows(self, repo: str, ref: DatasetRef, split: str, cap: int | None):

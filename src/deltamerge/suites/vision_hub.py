@@ -24,8 +24,8 @@ from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
 from deltamerge.suites.base import Suite
-from deltamerge.suites.hub_data import DataSource, HubSource, augmented_image_loader, decode_images, find_column, \
-    image_loader, label_names, labels_of
+from deltamerge.suites.hub_data import PARQUET_CONVERSION, DataSource, HubSource, augmented_image_loader, \
+    conversion_files, decode_images, find_column, image_loader, label_names, labels_of
 from deltamerge.suites.hub_tasks import HubOptions, build_task, check_class_count, steps_for_epochs
 from deltamerge.suites.zero_shot_metadata import task_classnames, task_templates
 from deltamerge.suites.vision_tasks import IMAGENET, IMAGENET21K_P, IMAGENET21K_P_TRAIN_SIZE, VISION8, VISION14, \
@@ -48,8 +48,9 @@ class VisionHubOptions(HubOptions):
     # as the authors' fine-tuning; "none" = CLIP's evaluation resize + centre crop
     train_augmentation: Literal["openclip", "none"] = "openclip"
     # where ImageNet-1k's validation split (the control task) is read from; only that split is read (streamed). If the
-    # repository only has a loading script, use its parquet conversion: control_revision "refs/convert/parquet" with
-    # control_data_files set to that branch's validation files (see docs/reproduce.md)
+    # repository only has a loading script, use its parquet conversion: control_revision "refs/convert/parquet"; its
+    # files default to "default/*validation/*.parquet" (hub_data.conversion_files: the hub names a split it converted
+    # only in part "partial-validation"); control_data_files overrides that glob (see docs/reproduce.md)
     control_repo: str = "ILSVRC/imagenet-1k"
     control_revision: Optional[str] = None
     control_data_files: Optional[str] = None
@@ -127,8 +128,10 @@ class _VisionHub(Suite):
 
     def control(self, preset: str) -> Task:
         o = self.options
-        ref = dataclasses.replace(IMAGENET.ref, repo=o.control_repo, revision=o.control_revision,
-                                  data_files=o.control_data_files)
+        files = o.control_data_files
+        if files is None and o.control_revision == PARQUET_CONVERSION:
+            files = conversion_files(IMAGENET.ref.test)
+        ref = dataclasses.replace(IMAGENET.ref, repo=o.control_repo, revision=o.control_revision, data_files=files)
         return self._spec_task(dataclasses.replace(IMAGENET, ref=ref), preset, control=True)
 
     def reference(self, preset: str) -> Inputs:
