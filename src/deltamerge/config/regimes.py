@@ -229,14 +229,27 @@ class DPOLinearConfig(DPOSettings, Trainable, BaseTrainConfig):
     regime: Literal["dpo-linear"] = "dpo-linear"
 
 
-class DPODistilledConfig(DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
+class DistilledDPOProfile(BaseModel):
+    """Distilled DPO reads DELTA's switches (α sampling, student_ce_at, teacher_ce_at, kd_every) but no profile: the
+    released code has no preference training, so a profile there would name nothing the authors ran."""
+
+    @model_validator(mode="after")
+    def _no_profile(self) -> "DistilledDPOProfile":
+        if getattr(self, "profile", "paper") != "paper":
+            raise ValueError(f"profile '{self.profile}' does not apply to regime '{self.regime}' (the authors' "
+                             "released code has no DPO training): leave profile at 'paper' and set the switches "
+                             "themselves (alpha_sampling, student_ce_at, teacher_ce_at)")
+        return self
+
+
+class DPODistilledConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
     """Distilled DPO: a linearized DPO teacher distilled into the non-linear student along the α path (the drift
     weights β_T/β_S are read only by dpo-distilled-curvature)."""
 
     regime: Literal["dpo-distilled"] = "dpo-distilled"
 
 
-class DPODistilledCurvatureConfig(DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
+class DPODistilledCurvatureConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
     """Distilled DPO plus DELTA's curvature drift terms β_T·L_drift(τ_T), β_S·L_drift(τ_S)."""
 
     regime: Literal["dpo-distilled-curvature"] = "dpo-distilled-curvature"
