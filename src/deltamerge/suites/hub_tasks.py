@@ -30,7 +30,7 @@ class HubOptions(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     max_val: Optional[int] = Field(5000, ge=1)         # "train" protocol: at most this many validation examples
     split_seed: int = 0
-    steps_from_epochs: bool = True                     # full preset: steps = epochs × ⌊n_train / batch⌋ per task
+    steps_from_epochs: bool = True                     # full preset: steps = epochs × ⌈n_train / batch⌉ per task
     reference_examples: Optional[int] = Field(None, ge=1)  # None: the paper's size (full) / the quick size
     reference_seed: int = 0
     max_train: Optional[int] = Field(None, ge=1)       # caps (None: the preset's)

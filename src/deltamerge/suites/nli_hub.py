@@ -46,7 +46,7 @@ class TextTaskSpec:
     words: tuple[str, ...]              # expected label words (checked against ClassLabel names when present)
     label_column: str = "label"
     label_map: dict = field(default_factory=dict)  # string labels -> ids (SciTail)
-    epochs: int = 0                     # the authors' text config (full preset: steps = epochs × ⌊n_train / batch⌋)
+    epochs: int = 0                     # the authors' text config (full preset: steps = epochs × ⌈n_train / batch⌉)
 
 
 MNLI_PROMPT = "mnli hypothesis: {b} premise: {a}"
