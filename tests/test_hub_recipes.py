@@ -71,7 +71,7 @@ def test_run_refuses_an_unsplittable_batch_before_any_regime_trains(tmp_path):
     assert not vectors.exists() or not any(vectors.rglob("*.safetensors"))
 
 
-# ---- τJp: the authors' mean over the other tasks and the reference, on the raw encoder output -------------------------
+# ---- τJp: the authors' mean over the other tasks and the reference, on the raw encoder output -------------------
 def test_taujp_mean_reduction_against_a_hand_computation():
     """f(x) = W x + b (one nn.Linear), so J(x)·τ = ΔW x + Δb exactly: the penalty is computed by hand."""
     import torch

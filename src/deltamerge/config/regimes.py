@@ -54,9 +54,9 @@ class BaseTrainConfig(Strict):
         """``batch_size`` is the optimiser step's batch, cut into ``grad_accum_steps`` micro-batches: each needs ≥ 1
         example (e.g. the authors' ViT-L/14 recipe, 8 × 16, is batch_size 128 with grad_accum_steps 16)."""
         if self.batch_size < self.grad_accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} < grad_accum_steps {self.grad_accum_steps}: batch_size is "
-                             f"the optimiser step's batch, which grad_accum_steps splits into micro-batches (for "
-                             f"{self.batch_size} examples per micro-batch set batch_size "
+            raise ValueError(f"batch_size {self.batch_size} < grad_accum_steps {self.grad_accum_steps}: the optimiser "
+                             f"step's batch cannot be split into {self.grad_accum_steps} micro-batches (batch_size is "
+                             f"the step's batch; for {self.batch_size} examples per micro-batch set batch_size "
                              f"{self.batch_size * self.grad_accum_steps})")
         return self
 
