@@ -221,3 +221,14 @@ def test_distilled_dpo_teacher_term_at_alpha(tmp_path):
         want = dpo_loss(c, r, ref_c, ref_r, 0.1)[0].mean().item()
         assert losses[at] == pytest.approx(want, rel=1e-5), at
     assert losses["theta"] != pytest.approx(losses["alpha"], rel=1e-4)
+
+
+def test_preference_run_refuses_unsupported_accumulation_before_training(hub_like, tmp_path, monkeypatch):
+    from deltamerge.pipeline import run
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cfg = RunConfig(suite="llm-pref", suite_options=hub_like, out=tmp_path / "run", regimes=["dpo", "dpo-linear"],
+                    train={"dpo": {"steps": 1}, "dpo-linear": {"steps": 1, "grad_accum_steps": 2}})
+    with pytest.raises(DeltaMergeError, match=r"train\.dpo-linear: grad_accum_steps 2"):
+        run(cfg)
+    assert not (tmp_path / "run" / "vectors").exists()

@@ -142,6 +142,12 @@ def run_preference(cfg: RunConfig, suite: PreferenceSuite, force: bool = False) 
     directory is claimed (locked, same configuration or ``force``) as in ``pipeline.run``."""
     regimes = _regimes(cfg, suite)
     suite.check_task_names(cfg.tasks)
+    for r in regimes:  # every regime's settings before anything trains (DPO pair batches are not split yet)
+        tcfg = with_overrides(suite.train_config(r, cfg.preset), cfg.train.get(r, {}))
+        if tcfg.grad_accum_steps > 1:
+            raise DeltaMergeError(f"train.{r}: grad_accum_steps {tcfg.grad_accum_steps} — the DPO regimes do not "
+                                  "support gradient accumulation yet: use grad_accum_steps 1 (and a smaller "
+                                  "batch_size if memory is short)")
     with claim_run_dir(Path(cfg.out), cfg, force):
         return _run_preference(cfg, suite, regimes, force)
 
