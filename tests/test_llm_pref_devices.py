@@ -137,6 +137,17 @@ def test_reward_model_loads_in_bf16_on_the_given_device_only_when_first_used(hub
     p = next(rm.model.parameters())
     assert p.dtype == torch.bfloat16 and p.device.type == "cpu"
     assert get_suite("llm-pref", {}).options.reward_dtype == "bfloat16"
+    import json
+    import shutil
+    from pathlib import Path
+
+    two = Path(hub_like["reward_model"]).parent / "rm-two-outputs"  # refused at once, not after training
+    shutil.copytree(hub_like["reward_model"], two, dirs_exist_ok=True)
+    conf = json.loads((two / "config.json").read_text())
+    conf["id2label"], conf["label2id"] = {"0": "a", "1": "b"}, {"a": 0, "b": 1}
+    (two / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(DeltaMergeError, match="2 outputs; need 1"):
+        RewardModelScore(str(two))
 
 
 def test_generation_prompts_alternate_between_the_two_data_sets(hub_like, monkeypatch):

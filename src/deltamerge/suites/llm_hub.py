@@ -69,14 +69,26 @@ def helpsteer_pairs(rows, attribute: str = "verbosity", axis: int = 1) -> list[P
 class RewardModelScore:
     """Scalar reward-model score of (prompt, response), rendered with the reward model's chat template.
 
-    The model is loaded on first use (not while the policy trains), in ``dtype``, on ``device`` — the device the
-    sweep runs on, set with ``to`` (default: ``resolve_device("auto")``); inputs are built there too."""
+    Its tokenizer and config are read at once (access and the single output are checked before any training); the
+    weights are loaded on first use (not while the policy trains), in ``dtype``, on ``device`` — the device the sweep
+    runs on, set with ``to`` (default: ``resolve_device("auto")``); inputs are built there too."""
 
     def __init__(self, name: str, batch_size: int = 8, dtype: torch.dtype = torch.bfloat16,
                  device: torch.device | str | None = None) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
         self.name, self.batch_size, self.dtype = name, batch_size, dtype
         self.device = torch.device(device) if device is not None else None
         self.model = None
+        if not is_local(name):
+            require_hub(f"reward model {name}")
+        with hub_errors(f"reward model {name}", name, kind="models"):
+            self.tok = AutoTokenizer.from_pretrained(name)
+            config = AutoConfig.from_pretrained(name)
+        if config.num_labels != 1:
+            raise DeltaMergeError(f"reward model {name} has {config.num_labels} outputs; need 1")
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
 
     def to(self, device: torch.device | str) -> "RewardModelScore":
         """Score on ``device`` (a loaded model moves there)."""
@@ -86,19 +98,12 @@ class RewardModelScore:
         return self
 
     def _load(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         name = self.name
-        if not is_local(name):
-            require_hub(f"reward model {name}")
         device = self.device if self.device is not None else torch.device(resolve_device("auto"))
         with hub_errors(f"reward model {name}", name, kind="models"):
-            self.tok = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSequenceClassification.from_pretrained(name, torch_dtype=self.dtype)
-        if model.config.num_labels != 1:
-            raise DeltaMergeError(f"reward model {name} has {model.config.num_labels} outputs; need 1")
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
         model.config.pad_token_id = self.tok.pad_token_id
         self.model, self.device = model.to(device).eval(), device
 
