@@ -66,7 +66,13 @@ def require_hub(what: str) -> None:
         raise DeltaMergeError(offline_message(what, reason))
 
 
-def access_message(what: str, page: str, reason: str) -> str:
+def access_message(what: str, page: str, reason: str, kind: str = "datasets") -> str:
+    """The access-refused message: a gated data set asks to accept its terms, a gated model (e.g. Llama) its
+    license / use policy, each on the repository's own page."""
+    if kind == "models":
+        return (f"{what}: access refused ({reason}). The model is gated: accept its license and use policy on its "
+                f"page ({page}) with the account you log in with (`huggingface-cli login`), and wait until access "
+                "is granted")
     return (f"{what}: access refused ({reason}). Accept the dataset's terms on its page ({page}), then "
             "`huggingface-cli login`")
 
@@ -97,7 +103,7 @@ def hub_errors(what: str, repo: str | None = None, kind: str = "datasets"):
             or "Timeout" in name
         if not network and not offline_mode() and _refused(name, text):
             page = f"https://huggingface.co/{kind + '/' if kind == 'datasets' else ''}{repo}" if repo else "the hub"
-            raise DeltaMergeError(access_message(what, page, reason)) from exc
+            raise DeltaMergeError(access_message(what, page, reason, kind)) from exc
         if network or isinstance(exc, OSError) or "NotFound" in name or "Hub" in name:
             raise DeltaMergeError(offline_message(what, reason)) from exc
         raise

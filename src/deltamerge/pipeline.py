@@ -105,6 +105,22 @@ def validate_overrides(suite: Suite, cfg: RunConfig) -> None:
                 from None
 
 
+def check_batch_plan(suite: Suite, cfg: RunConfig, tasks: dict[str, Task], regimes: list[str]) -> None:
+    """Each regime's optimiser-step batch (capped at the task's training rows, as the loop caps it) must split into
+    ``grad_accum_steps`` micro-batches on every rank: checked for all regimes and tasks before the first one trains,
+    so that a run cannot fail at its third regime after hours of training."""
+    from deltamerge.training.parallel import check_split
+
+    for regime in regimes:
+        tcfg = train_config(suite, cfg, regime)
+        for name, task in tasks.items():
+            try:
+                check_split(min(tcfg.batch_size, len(task.train)), tcfg)
+            except DeltaMergeError as exc:
+                raise DeltaMergeError(f"train.{regime}, task {name} ({len(task.train)} training rows): {exc}") \
+                    from None
+
+
 def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: bool, t_start: float) -> dict:
     """``run`` once the run directory is claimed (checks done)."""
     out = Path(cfg.out)
@@ -121,6 +137,7 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     if not regimes:
         raise DeltaMergeError(f"none of the regimes {cfg.regimes} applies to suite {suite.name}: "
                               + "; ".join(f"{r}: {w}" for r, w in skipped.items()))
+    check_batch_plan(suite, cfg, tasks, regimes)  # every regime × task can split its batch: before any training
     others = OtherTasks(suite, backbone, tasks, cfg.preset, out / "task_curvature", log)
     timing: dict[str, float] = {}
     curvature = None

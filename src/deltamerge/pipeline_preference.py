@@ -3,7 +3,13 @@
 held-out prompts → results.json, REPORT.md and the Pareto figure.
 
 ``dpo-mixed`` trains one vector on every axis at once (a single point, no sweep); the other regimes train one vector
-per axis. Vectors are reused when their file exists with the same configuration (runs resume).
+per axis. DPO-Mixed gets the same optimisation per axis as the two-vector methods: A axes' pairs pooled, it runs A×
+the recipe's steps (and warm-up) at the same batch size, so each axis contributes as many pairs (in expectation) as
+it does to its own vector (``mixed_config``); an explicit ``train: {dpo-mixed: {steps: …}}`` is kept as given.
+Vectors are reused when their file exists with the same configuration (runs resume).
+
+The sweep runs on the training device (the LM is moved there even when every vector was reused); margins,
+generation and the reward models build their tensors on the LM's device (``evaluation/preference.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ import yaml
 
 from deltamerge import rundir
 from deltamerge.artifacts import write_json
-from deltamerge.config import RunConfig, with_overrides
+from deltamerge.config import BaseTrainConfig, RunConfig, resolve_device, with_overrides
 from deltamerge.data import ArrayDataset, Task
 from deltamerge.errors import DeltaMergeError
-from deltamerge.evaluation.preference import Generator, accuracy, margins_sweep
+from deltamerge.evaluation.preference import Generator, accuracy, margins_sweep, model_device
 from deltamerge.linearize import FunctionalModel
 from deltamerge.run_guard import claim_run_dir
 from deltamerge.safeio import atomic_write_text
@@ -50,6 +56,17 @@ def _regimes(cfg: RunConfig, suite: PreferenceSuite) -> list[str]:
     return regimes
 
 
+def mixed_config(tcfg: BaseTrainConfig, axes: int, overrides: dict) -> BaseTrainConfig:
+    """DPO-Mixed's configuration: the recipe's steps and warm-up × the number of axes (same pairs seen per axis as a
+    per-axis vector, same batch size and schedule shape); steps given in the run's overrides are kept."""
+    if "steps" in overrides:
+        return tcfg
+    update = {"steps": tcfg.steps * axes}
+    if "warmup_steps" not in overrides:
+        update["warmup_steps"] = tcfg.warmup_steps * axes
+    return with_overrides(tcfg, update)
+
+
 def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: PreferenceData, regimes: list[str],
                   out: Path, force: bool = False) -> dict[str, dict[str, object]]:
     """regime → {axis (or "mixed") → task vector of the regime's output role}."""
@@ -59,6 +76,8 @@ def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: Prefer
         curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE)
     for regime in regimes:
         tcfg = with_overrides(suite.train_config(regime, cfg.preset), cfg.train.get(regime, {}))
+        if regime == MIXED:
+            tcfg = mixed_config(tcfg, len(data.axes), cfg.train.get(regime, {}))
         tasks = [Task("mixed", [], concat([a.train for a in data.axes]), concat([a.val for a in data.axes]),
                       concat([a.test for a in data.axes]))] if regime == MIXED else \
             [Task(a.name, [], a.train, a.val, a.test) for a in data.axes]
@@ -86,6 +105,10 @@ def sweep(suite: PreferenceSuite, backbone, data: PreferenceData, vectors: dict,
     """Every method's points: θ0, each regime's Affine-2 mixes over ``lambdas``, DPO-Mixed's single model."""
     names = sorted({n for per in vectors.values() for v in per.values() for n in v.deltas})
     model = FunctionalModel(backbone, names)
+    device = model_device(model)  # where training left the LM: every tensor below is built there
+    for a in data.axes:  # reward models score on the same device (loaded there on first use)
+        if hasattr(a.reward, "to"):
+            a.reward.to(device)
     gen = Generator(backbone, model, suite.max_new_tokens)
     prompts = encode_prompts(backbone.tokenizer, [p.text for p in data.prompts], data.system)
     points = []
@@ -95,7 +118,7 @@ def sweep(suite: PreferenceSuite, backbone, data: PreferenceData, vectors: dict,
     points.append(score_point("pre-trained", None, base_margins, gen.generate(prompts, "nonlinear", None), data))
     first, second = data.axes[0].name, data.axes[1].name
     for regime, per in vectors.items():
-        full = lambda v: {n: v.deltas.get(n, zero[n]) for n in names}  # noqa: E731
+        full = lambda v: {n: v.deltas[n].to(device) if n in v.deltas else zero[n] for n in names}  # noqa: E731
         if regime == MIXED:
             tau = full(per["mixed"])
             margins = {a.name: margins_sweep(model, "nonlinear", tau, None, [0.0], a.test)[0.0] for a in data.axes}
@@ -119,6 +142,12 @@ def run_preference(cfg: RunConfig, suite: PreferenceSuite, force: bool = False) 
     directory is claimed (locked, same configuration or ``force``) as in ``pipeline.run``."""
     regimes = _regimes(cfg, suite)
     suite.check_task_names(cfg.tasks)
+    for r in regimes:  # every regime's settings before anything trains (DPO pair batches are not split yet)
+        tcfg = with_overrides(suite.train_config(r, cfg.preset), cfg.train.get(r, {}))
+        if tcfg.grad_accum_steps > 1:
+            raise DeltaMergeError(f"train.{r}: grad_accum_steps {tcfg.grad_accum_steps} — the DPO regimes do not "
+                                  "support gradient accumulation yet: use grad_accum_steps 1 (and a smaller "
+                                  "batch_size if memory is short)")
     with claim_run_dir(Path(cfg.out), cfg, force):
         return _run_preference(cfg, suite, regimes, force)
 
@@ -138,6 +167,9 @@ def _run_preference(cfg: RunConfig, suite: PreferenceSuite, regimes: list[str], 
         raise DeltaMergeError(f"Affine-2 mixing needs exactly two preference axes, suite has {len(data.axes)}")
     vectors = train_vectors(cfg, suite, backbone, data, regimes, out, force)
     t_train = time.perf_counter() - t_start
+    # the sweep runs on the training device, also when every vector was reused and nothing moved the LM there
+    first = with_overrides(suite.train_config(regimes[0], cfg.preset), cfg.train.get(regimes[0], {}))
+    backbone.to(resolve_device(first.device))
     points = sweep(suite, backbone, data, vectors, suite.lambda_grid)
     results = {
         "kind": "preference", "suite": suite.name, "preset": cfg.preset, "backbone": backbone.name,

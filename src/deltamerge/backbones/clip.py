@@ -165,7 +165,7 @@ class CLIPVision(WrappedModel):
             require_hub(f"CLIP weights {ref}")  # before importing transformers' model code: fail at once
         from transformers import AutoTokenizer, CLIPModel
 
-        with hub_errors(f"CLIP weights {ref}"):
+        with hub_errors(f"CLIP weights {ref}", ref, kind="models"):
             model = CLIPModel.from_pretrained(ref, attn_implementation="eager")
             tokenizer = AutoTokenizer.from_pretrained(ref)
             mean, std = _normalisation(ref)

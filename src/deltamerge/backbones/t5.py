@@ -78,7 +78,7 @@ class T5Classifier(WrappedModel):
             require_hub(f"T5 weights {ref}")  # before importing transformers' model code: fail at once
         from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-        with hub_errors(f"T5 weights {ref}"):
+        with hub_errors(f"T5 weights {ref}", ref, kind="models"):
             model = T5ForConditionalGeneration.from_pretrained(ref, attn_implementation="eager")
             tokenizer = AutoTokenizer.from_pretrained(ref)
         return cls(model, tokenizer, name=ref.rstrip("/").split("/")[-1])

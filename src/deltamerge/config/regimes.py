@@ -49,6 +49,17 @@ class BaseTrainConfig(Strict):
     # (the DELTA authors distill and penalise on normalised CLIP features; the teacher linearizes n∘f)
     feature_transform: Literal["identity", "normalize"] = "identity"
 
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "BaseTrainConfig":
+        """``batch_size`` is the optimiser step's batch, cut into ``grad_accum_steps`` micro-batches: each needs ≥ 1
+        example (e.g. the authors' ViT-L/14 recipe, 8 × 16, is batch_size 128 with grad_accum_steps 16)."""
+        if self.batch_size < self.grad_accum_steps:
+            raise ValueError(f"batch_size {self.batch_size} < grad_accum_steps {self.grad_accum_steps}: the optimiser "
+                             f"step's batch cannot be split into {self.grad_accum_steps} micro-batches (batch_size is "
+                             f"the step's batch; for {self.batch_size} examples per micro-batch set batch_size "
+                             f"{self.batch_size * self.grad_accum_steps})")
+        return self
+
 
 # ---- groups of settings, mixed into the regimes that read them ------------------------------------------------------
 class Trainable(BaseModel):
@@ -187,6 +198,8 @@ class TauJpConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     taujp_form: Literal["norm", "squared"] = "norm"  # norm: mean_x ‖J(x)τ‖ (authors); squared: mean_x ‖J(x)τ‖²
     taujp_reference: bool = True  # also penalise the drift on the suite's reference/control inputs (authors: ImageNet)
     taujp_batch_size: int = Field(32, ge=1)  # inputs drawn per step from each other task
+    taujp_reduction: Literal["sum", "mean"] = "sum"  # over the other tasks (+ reference): Σ, or the τJp authors' mean
+    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("taujp_reduction",)  # config_hash: absent at the default
 
 
 class TAKConfig(InterferencePenalty, Trainable, BaseTrainConfig):
@@ -216,14 +229,27 @@ class DPOLinearConfig(DPOSettings, Trainable, BaseTrainConfig):
     regime: Literal["dpo-linear"] = "dpo-linear"
 
 
-class DPODistilledConfig(DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
+class DistilledDPOProfile(BaseModel):
+    """Distilled DPO reads DELTA's switches (α sampling, student_ce_at, teacher_ce_at, kd_every) but no profile: the
+    released code has no preference training, so a profile there would name nothing the authors ran."""
+
+    @model_validator(mode="after")
+    def _no_profile(self) -> "DistilledDPOProfile":
+        if getattr(self, "profile", "paper") != "paper":
+            raise ValueError(f"profile '{self.profile}' does not apply to regime '{self.regime}' (the authors' "
+                             "released code has no DPO training): leave profile at 'paper' and set the switches "
+                             "themselves (alpha_sampling, student_ce_at, teacher_ce_at)")
+        return self
+
+
+class DPODistilledConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
     """Distilled DPO: a linearized DPO teacher distilled into the non-linear student along the α path (the drift
     weights β_T/β_S are read only by dpo-distilled-curvature)."""
 
     regime: Literal["dpo-distilled"] = "dpo-distilled"
 
 
-class DPODistilledCurvatureConfig(DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
+class DPODistilledCurvatureConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
     """Distilled DPO plus DELTA's curvature drift terms β_T·L_drift(τ_T), β_S·L_drift(τ_S)."""
 
     regime: Literal["dpo-distilled-curvature"] = "dpo-distilled-curvature"

@@ -7,6 +7,8 @@
   jvps per batch serve every λ2 of the grid exactly.
 * Generation is greedy: the plain model through ``transformers``' ``generate`` (KV cache), the linearized model by a
   token-by-token loop (one jvp over the whole prefix per token: no cache exists for f0 + Jτ).
+Every tensor is built on the device of the model's base weights (``model_device``): batches, prompts and the given
+task vectors are moved there, so the sweep runs where training left the LM (e.g. CUDA).
 """
 
 from __future__ import annotations
@@ -17,9 +19,19 @@ import torch
 from torch import Tensor
 
 from deltamerge.backbones.causal_lm import CausalLM
-from deltamerge.data import ArrayDataset
+from deltamerge.data import ArrayDataset, to_device
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.preference import flatten_pairs, outputs_at, outputs_linearized, pair_logps
+
+
+def model_device(model: FunctionalModel) -> torch.device:
+    """The device of the model's base weights θ0 (where every tensor of the sweep must live)."""
+    return next(iter(model.base.values())).device
+
+
+def on_device(tau: Params | None, device: torch.device) -> Params | None:
+    """A task vector (name → tensor) moved to ``device`` (None stays None)."""
+    return None if tau is None else {n: t.to(device) for n, t in tau.items()}
 
 
 def mix(tau_1: Params, tau_2: Params, lam: float) -> Params:
@@ -37,8 +49,10 @@ def margins_sweep(model: FunctionalModel, kind: str, tau_1: Params, tau_2: Param
                   data: ArrayDataset, batch_size: int = 8) -> dict[float, Tensor]:
     """Implicit-reward margins of every held-out pair at θ0 + τ_1 + λ·τ_2, for each λ (``tau_2`` None: λ ignored)."""
     out: dict[float, list[Tensor]] = {lam: [] for lam in lambdas}
+    device = model_device(model)
+    tau_1, tau_2 = on_device(tau_1, device), on_device(tau_2, device)
     for inputs, _ in data.batches(batch_size):
-        flat = flatten_pairs(inputs)
+        flat = to_device(flatten_pairs(inputs), device)
         if kind == "linear":
             f0, j1 = outputs_linearized(model, flat, tau_1)
             j2 = outputs_linearized(model, flat, tau_2)[1] if tau_2 is not None else None
@@ -76,10 +90,12 @@ class Generator:
     def generate(self, prompts: dict[str, Tensor], kind: str, tau: Params | None) -> list[str]:
         tok = self.backbone.tokenizer
         width = prompts["input_ids"].shape[1]
+        device = model_device(self.model)
+        prompts, tau = to_device(prompts, device), on_device(tau, device)
         if kind == "linear" and tau is not None:
             return _decode(tok, self._greedy_linearized(prompts, tau)[:, width:])
-        if self._lm is None:
-            self._lm = copy.deepcopy(self.backbone.lm).eval()
+        if self._lm is None or next(self._lm.parameters()).device != device:
+            self._lm = copy.deepcopy(self.backbone.lm).to(device).eval()
         params = dict(self._lm.named_parameters())
         for n in self.model.names:  # backbone names are "lm.<name>"
             params[n[len("lm."):]].copy_(self.model.base[n] + (tau[n] if tau is not None else 0.0))
@@ -89,7 +105,7 @@ class Generator:
 
     def _greedy_linearized(self, prompts: dict[str, Tensor], tau: Params) -> Tensor:
         ids, mask = prompts["input_ids"], prompts["attention_mask"]
-        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         eos, pad = self.backbone.tokenizer.eos_token_id, self.backbone.tokenizer.pad_token_id
         for _ in range(self.max_new_tokens):
             f0, jt = outputs_linearized(self.model, {"input_ids": ids, "attention_mask": mask}, tau)

@@ -44,6 +44,16 @@ class DatasetRef:
         return f"{self.repo}:{self.config}" if self.config else self.repo
 
 
+PARQUET_CONVERSION = "refs/convert/parquet"
+
+
+def conversion_files(split: str, config: str = "default") -> str:
+    """The files of ``split`` on a repository's parquet-conversion branch (``refs/convert/parquet``): the hub writes
+    ``<config>/<split>/NNNN.parquet``, or ``<config>/partial-<split>/NNNN.parquet`` when it converted only the first
+    part of a large split — the glob matches both (e.g. ImageNet-1k's ``default/partial-validation``)."""
+    return f"{config}/*{split}/*.parquet"
+
+
 class DataSource:
     """Tables and streams by data set reference."""
 

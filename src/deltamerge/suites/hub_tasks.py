@@ -30,7 +30,7 @@ class HubOptions(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     max_val: Optional[int] = Field(5000, ge=1)         # "train" protocol: at most this many validation examples
     split_seed: int = 0
-    steps_from_epochs: bool = True                     # full preset: steps = epochs × ⌊n_train / batch⌋ per task
+    steps_from_epochs: bool = True                     # full preset: steps = epochs × ⌈n_train / batch⌉ per task
     reference_examples: Optional[int] = Field(None, ge=1)  # None: the paper's size (full) / the quick size
     reference_seed: int = 0
     max_train: Optional[int] = Field(None, ge=1)       # caps (None: the preset's)
@@ -112,9 +112,11 @@ def _official_task(name: str, classes: list[str], train_labels: np.ndarray, test
 
 
 def steps_for_epochs(cfg: BaseTrainConfig, epochs: int, n_train: int) -> BaseTrainConfig:
-    """The recipe's epochs as optimizer steps: epochs × ⌊n_train / batch⌋ (full batches, as the loop draws them;
-    ``batch_size`` is the optimiser step's batch, which ``grad_accum_steps`` splits into micro-batches)."""
-    per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
+    """The recipe's epochs as optimizer steps: epochs × ⌈n_train / batch⌉, the authors' count (their loaders keep an
+    epoch's last partial batch, and with k accumulation micro-batches of b their ⌈⌈n/b⌉ / k⌉ = ⌈n / (b·k)⌉).
+    ``batch_size`` is the optimiser step's batch, which ``grad_accum_steps`` splits into micro-batches; our loop
+    draws full batches, so each of these steps sees ``batch_size`` examples (theirs: one shorter step per epoch)."""
+    per_epoch = max(1, -(-n_train // min(cfg.batch_size, n_train)))
     steps = max(1, epochs * per_epoch)
     warmup = min(cfg.warmup_steps, max(0, steps - 1))
     return cfg.model_copy(update={"steps": steps, "warmup_steps": warmup})

@@ -15,12 +15,14 @@ Data sets given as local folders (parquet files) load through the same ``dataset
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import zip_longest
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deltamerge.backbones.causal_lm import CausalLM, load_causal_lm
-from deltamerge.config import BaseTrainConfig, recipe_config
+from deltamerge.config import BaseTrainConfig, recipe_config, resolve_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.hub_access import hub_errors, is_local, require_hub
 from deltamerge.suites.hub_data import DataSource, DatasetRef, HubSource
@@ -46,6 +48,9 @@ class LLMPrefOptions(BaseModel):
     max_test: int | None = Field(None, ge=1)
     max_prompts: int | None = Field(None, ge=1)
     dtype: str = "float32"                          # float32 / bfloat16 weights of the policy
+    # the reward model's weights: bfloat16 (a 7B model: ~15 GB, ~29 GB in float32); loaded on first use, on the
+    # device the sweep runs on (the training device)
+    reward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
 def helpsteer_pairs(rows, attribute: str = "verbosity", axis: int = 1) -> list[Pair]:
@@ -62,25 +67,50 @@ def helpsteer_pairs(rows, attribute: str = "verbosity", axis: int = 1) -> list[P
 
 
 class RewardModelScore:
-    """Scalar reward-model score of (prompt, response), rendered with the reward model's chat template."""
+    """Scalar reward-model score of (prompt, response), rendered with the reward model's chat template.
 
-    def __init__(self, name: str, batch_size: int = 8) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    Its tokenizer and config are read at once (access and the single output are checked before any training); the
+    weights are loaded on first use (not while the policy trains), in ``dtype``, on ``device`` — the device the sweep
+    runs on, set with ``to`` (default: ``resolve_device("auto")``); inputs are built there too."""
 
+    def __init__(self, name: str, batch_size: int = 8, dtype: torch.dtype = torch.bfloat16,
+                 device: torch.device | str | None = None) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.name, self.batch_size, self.dtype = name, batch_size, dtype
+        self.device = torch.device(device) if device is not None else None
+        self.model = None
         if not is_local(name):
             require_hub(f"reward model {name}")
-        with hub_errors(f"reward model {name}"):
+        with hub_errors(f"reward model {name}", name, kind="models"):
             self.tok = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModelForSequenceClassification.from_pretrained(name).eval()
-        if self.model.config.num_labels != 1:
-            raise DeltaMergeError(f"reward model {name} has {self.model.config.num_labels} outputs; need 1")
+            config = AutoConfig.from_pretrained(name)
+        if config.num_labels != 1:
+            raise DeltaMergeError(f"reward model {name} has {config.num_labels} outputs; need 1")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model.config.pad_token_id = self.tok.pad_token_id
-        self.batch_size = batch_size
+
+    def to(self, device: torch.device | str) -> "RewardModelScore":
+        """Score on ``device`` (a loaded model moves there)."""
+        self.device = torch.device(device)
+        if self.model is not None:
+            self.model.to(self.device)
+        return self
+
+    def _load(self) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        name = self.name
+        device = self.device if self.device is not None else torch.device(resolve_device("auto"))
+        with hub_errors(f"reward model {name}", name, kind="models"):
+            model = AutoModelForSequenceClassification.from_pretrained(name, torch_dtype=self.dtype)
+        model.config.pad_token_id = self.tok.pad_token_id
+        self.model, self.device = model.to(device).eval(), device
 
     @torch.no_grad()
     def __call__(self, prompts: list[EvalPrompt], responses: list[str]) -> list[float]:
+        if self.model is None:
+            self._load()
         texts = []
         for p, r in zip(prompts, responses):
             chat = [{"role": "user", "content": p.text}, {"role": "assistant", "content": r}]
@@ -90,8 +120,23 @@ class RewardModelScore:
         for i in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True, truncation=True,
                            add_special_tokens=False)
-            scores += self.model(**enc).logits[:, 0].float().tolist()
+            scores += self.model(**enc.to(self.device)).logits[:, 0].float().tolist()
         return scores
+
+
+def alternating_prompts(sources: list[list[Pair]], fits, limit: int) -> list[EvalPrompt]:
+    """Held-out generation prompts taken from the sources in turn (one from each, then the next from each, …),
+    distinct and fitting, at most ``limit``: both axes' prompts whatever the limit."""
+    seen: set[str] = set()
+    out: list[EvalPrompt] = []
+    for row in zip_longest(*sources):
+        for pair in row:
+            if pair is not None and pair.prompt not in seen and fits(pair):
+                seen.add(pair.prompt)
+                out.append(EvalPrompt(pair.prompt))
+                if len(out) == limit:
+                    return out
+    return out
 
 
 def word_reward(prompts: list[EvalPrompt], responses: list[str]) -> list[float]:
@@ -126,7 +171,7 @@ class LLMPref(PreferenceSuite):
         o = self.options
         if not is_local(o.model):
             require_hub(f"model {o.model}")
-        with hub_errors(f"model {o.model}"):
+        with hub_errors(f"model {o.model}", o.model, kind="models"):
             return load_causal_lm(o.model, dtype=getattr(torch, o.dtype), name=o.model)
 
     def _rows(self, repo: str, ref: DatasetRef, split: str, cap: int | None):
@@ -150,7 +195,8 @@ class LLMPref(PreferenceSuite):
         hs_test = helpsteer_pairs(self._rows(o.verbosity_data, HELPSTEER2, HELPSTEER2.test, 8 * n_test))
         axes = []
         for i, (name, train, test, reward, rname) in enumerate([
-                ("helpfulness", uf_train, uf_test, RewardModelScore(o.reward_model), o.reward_model),
+                ("helpfulness", uf_train, uf_test,
+                 RewardModelScore(o.reward_model, dtype=getattr(torch, o.reward_dtype)), o.reward_model),
                 ("verbosity", hs_train, hs_test, word_reward, "−words")]):
             train = [x for x in train if fits(x)]
             test = [x for x in test if fits(x)]
@@ -163,12 +209,8 @@ class LLMPref(PreferenceSuite):
                 raise DeltaMergeError(f"{name}: no preference pairs fit max_len={max_len}")
             axes.append(PreferenceAxis(name, encode_pairs(tok, train, max_len), encode_pairs(tok, val, max_len),
                                        encode_pairs(tok, test, max_len), reward, rname))
-        seen, prompts = set(), []
-        for pair in uf_test + hs_test:  # held-out prompts of both axes, alternating sources
-            if pair.prompt not in seen and fits(pair):
-                seen.add(pair.prompt)
-                prompts.append(EvalPrompt(pair.prompt))
-        return PreferenceData(axes, prompts[:o.max_prompts or p["prompts"]], None, {"max_len": max_len})
+        prompts = alternating_prompts([uf_test, hs_test], fits, o.max_prompts or p["prompts"])
+        return PreferenceData(axes, prompts, None, {"max_len": max_len})
 
     def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         p = self._p(preset)

@@ -24,15 +24,15 @@ from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.lazy import StreamedInputs
 from deltamerge.suites.base import Suite
-from deltamerge.suites.hub_data import DataSource, HubSource, augmented_image_loader, decode_images, find_column, \
-    image_loader, label_names, labels_of
+from deltamerge.suites.hub_data import PARQUET_CONVERSION, DataSource, HubSource, augmented_image_loader, \
+    conversion_files, decode_images, find_column, image_loader, label_names, labels_of
 from deltamerge.suites.hub_tasks import HubOptions, build_task, check_class_count, steps_for_epochs
 from deltamerge.suites.zero_shot_metadata import task_classnames, task_templates
 from deltamerge.suites.vision_tasks import IMAGENET, IMAGENET21K_P, IMAGENET21K_P_TRAIN_SIZE, VISION8, VISION14, \
     VISION_TASKS, VisionTaskSpec
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-TANGENT_BASELINES = ("linear", "lora-linear")
+TANGENT_BASELINES = ("linear", "lora-linear", "taujp")  # + τJp: linear FT on f, as its authors
 QUICK_REFERENCE = 2048
 QUICK_CONTROL_ROWS = 2048  # quick preset: the first rows of ImageNet's streamed validation split
 
@@ -48,8 +48,9 @@ class VisionHubOptions(HubOptions):
     # as the authors' fine-tuning; "none" = CLIP's evaluation resize + centre crop
     train_augmentation: Literal["openclip", "none"] = "openclip"
     # where ImageNet-1k's validation split (the control task) is read from; only that split is read (streamed). If the
-    # repository only has a loading script, use its parquet conversion: control_revision "refs/convert/parquet" with
-    # control_data_files set to that branch's validation files (see docs/reproduce.md)
+    # repository only has a loading script, use its parquet conversion: control_revision "refs/convert/parquet"; its
+    # files default to "default/*validation/*.parquet" (hub_data.conversion_files: the hub names a split it converted
+    # only in part "partial-validation"); control_data_files overrides that glob (see docs/reproduce.md)
     control_repo: str = "ILSVRC/imagenet-1k"
     control_revision: Optional[str] = None
     control_data_files: Optional[str] = None
@@ -127,8 +128,10 @@ class _VisionHub(Suite):
 
     def control(self, preset: str) -> Task:
         o = self.options
-        ref = dataclasses.replace(IMAGENET.ref, repo=o.control_repo, revision=o.control_revision,
-                                  data_files=o.control_data_files)
+        files = o.control_data_files
+        if files is None and o.control_revision == PARQUET_CONVERSION:
+            files = conversion_files(IMAGENET.ref.test)
+        ref = dataclasses.replace(IMAGENET.ref, repo=o.control_repo, revision=o.control_revision, data_files=files)
         return self._spec_task(dataclasses.replace(IMAGENET, ref=ref), preset, control=True)
 
     def reference(self, preset: str) -> Inputs:
@@ -148,12 +151,16 @@ class _VisionHub(Suite):
         common = dict(regime=regime, batch_size=128, lr=1e-5, weight_decay=0.1, schedule="cosine", grad_clip=None,
                       beta_teacher=500.0, beta_student=500.0, gamma=1.0,
                       # LoRA factors (lora, lora-linear, delta-lora's student): the paper gives no LoRA settings;
-                      # 10x the full fine-tuning lr, as on the offline suites (untuned on the hub suites).
-                      lora_lr=1e-4)
+                      # the authors' configs train every LoRA (r 16, α 16) at lr 3e-4 (vision-peft*.yaml,
+                      # DELTA/LoRA/*.yaml: student and LoRA teacher)
+                      lora_lr=3e-4,
+                      # τJp: the authors' average over the other tasks and ImageNet (training/taujp.py)
+                      taujp_reduction="mean")
         if regime == "tak":
             common["lr"] = 3e-4  # Appendix B: TAK keeps its own paper's learning rate
-        # Tangent-space baselines linearize the image encoder f itself (Ortiz-Jimenez et al.); every other regime
-        # works in the suite's feature space (the zero-shot head is cosine, so head(n(f)) = head(f) for the CE).
+        # Tangent-space baselines and τJp (linear FT + its penalty, on the raw encoder output as its authors)
+        # linearize the image encoder f itself (Ortiz-Jimenez et al.); every other regime works in the suite's
+        # feature space (the zero-shot head is cosine, so head(n(f)) = head(f) for the CE).
         common["feature_transform"] = "identity" if regime in TANGENT_BASELINES else self.options.feature_transform
         if preset == "quick":
             return recipe_config(**{**common, "batch_size": 32}, steps=100, warmup_steps=10)

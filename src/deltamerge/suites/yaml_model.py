@@ -64,7 +64,7 @@ def load_encoder(model_id: str, spec: ModelSpec) -> tuple[WrappedModel, Any]:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        with hub_errors(f"model {model_id}"):
+        with hub_errors(f"model {model_id}", model_id, kind="models"):
             model = AutoModel.from_pretrained(model_id, attn_implementation="eager", local_files_only=local)
             try:
                 processor = AutoProcessor.from_pretrained(model_id, local_files_only=local)

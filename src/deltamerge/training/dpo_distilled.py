@@ -8,6 +8,8 @@ gives (z0, h0) and (J_z·τ_T, J_h·τ_T):
     L_S  = DPO(z(x; θ_S) ; π_ref) + γ·L_KD                                    student = the ordinary model
 The teacher's backward runs first and frees its graph. ``student_ce_at="alpha"`` takes the student's DPO term at
 θ0 + α·τ_S so one forward serves both terms (the released code's choice for CE); the paper's default is θ_S.
+``teacher_ce_at="alpha"`` likewise takes the teacher's DPO term on z0 + α·J_z·τ_T (default "theta": z0 + J_z·τ_T).
+``profile`` is refused for these regimes (config/regimes.py: the released code has no DPO training).
 ``dpo-distilled-curvature`` adds the curvature penalties β_T·L_drift(τ_T) and β_S·L_drift(τ_S) (off in the paper).
 """
 
@@ -47,7 +49,8 @@ class DistilledDPO(PreferenceRegime):
         with torch.no_grad():
             ref_c, ref_r = pair_logps(f0.logits, flat)
         target = (f0.hidden + alpha * jt.hidden).detach()
-        t_c, t_r = pair_logps(f0.logits + jt.logits, flat)
+        t_alpha = alpha if cfg.teacher_ce_at == "alpha" else 1.0  # teacher DPO at f_lin(θ0 + α·τ_T) or at τ_T
+        t_c, t_r = pair_logps(f0.logits + t_alpha * jt.logits, flat)
         losses_t, margin_t = dpo_loss(t_c, t_r, ref_c, ref_r, cfg.beta_dpo)
         loss_t = losses_t.mean()
         drift_t = self.drift_term(tau_t, step)

@@ -11,6 +11,12 @@ so the penalty is the interference τ causes on task t′ (the paper's τJp). Ea
 order, cyclically, as streamed sets must be) and runs one jvp per term. λ = ``taujp_lambda``, form = ``taujp_form``
 (defaults: the authors' λ = 0.1 on the unsquared mean norm); ``penalty_every`` applies it every k steps with
 weight k. The squared form estimates Σ_{t′} τᵀ G_{t′} τ, the quantity TAK approximates with KFAC.
+
+``taujp_reduction`` combines the M terms (the T − 1 other tasks, plus the reference with ``taujp_reference``):
+"sum" (Σ_{t′}, as written above; the default, kept for the offline suites) or "mean" ((1/M) Σ_{t′}: the τJp authors'
+code, which averages over the other tasks and ImageNet). With "mean" λ does not grow with the number of tasks (the
+sum is M× the mean: ×8 on 8-Vision with the reference, ×14 on 14-Vision). The hub suites use the authors' form:
+"mean", on the raw encoder output (``feature_transform: identity``, the linearization of f itself).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import Tensor
 
 from deltamerge.curvature import sum_terms
 from deltamerge.data import Inputs, num_rows, take, to_device
+from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.linear import Linear
 from deltamerge.training.loop import index_stream
@@ -27,9 +34,12 @@ from deltamerge.training.regime import register
 
 
 def taujp_penalty(model: FunctionalModel, other_batches: dict[str, Inputs], tau: Params,
-                  form: str = "squared") -> Tensor:
+                  form: str = "squared", reduction: str = "sum") -> Tensor:
     """Σ_{t′} mean_{x′} ‖J f(x′; θ0)·τ‖² ("squared") or ‖·‖ ("norm") over one batch per term (differentiable
-    w.r.t. τ; the norm's gradient at J·τ = 0 is taken as 0, its subgradient)."""
+    w.r.t. τ; the norm's gradient at J·τ = 0 is taken as 0, its subgradient); ``reduction`` "mean" divides the sum
+    by the number of terms (the τJp authors' average over the other tasks and the reference)."""
+    if reduction not in ("sum", "mean"):
+        raise DeltaMergeError(f"taujp reduction must be 'sum' or 'mean', not {reduction!r}")
     def term(inputs: Inputs) -> Tensor:
         _, j_tau = model.linearized(inputs, tau)
         j_tau = j_tau.to(torch.promote_types(j_tau.dtype, torch.float32))  # bf16 autocast → float32
@@ -37,7 +47,8 @@ def taujp_penalty(model: FunctionalModel, other_batches: dict[str, Inputs], tau:
             return torch.linalg.vector_norm(j_tau, dim=-1).mean()
         return j_tau.square().sum(-1).mean()
 
-    return sum_terms((term(inputs) for inputs in other_batches.values()), tau)
+    total = sum_terms((term(inputs) for inputs in other_batches.values()), tau)
+    return total / len(other_batches) if reduction == "mean" and other_batches else total
 
 
 @register
@@ -72,7 +83,8 @@ class TauJp(Linear):
     def penalty(self, tau: Params, step: int) -> Tensor | None:
         """The drift on the other tasks' inputs, every ``penalty_every`` steps with weight ``penalty_every``."""
         batches = self.other_batches(step)  # drawn every step (also when the penalty is skipped) to stay aligned
-        return self.every_k(step, lambda: taujp_penalty(self.model, batches, tau, self.cfg.taujp_form))
+        return self.every_k(step, lambda: taujp_penalty(self.model, batches, tau, self.cfg.taujp_form,
+                                                        self.cfg.taujp_reduction))
 
     def penalty_weight(self) -> float:
         return self.cfg.taujp_lambda
