@@ -21,7 +21,7 @@ from torch import nn
 
 from deltamerge.artifacts import fingerprint, save_artifact
 from deltamerge.errors import DeltaMergeError
-from deltamerge.taskvector import TaskVector
+from deltamerge.taskvector import TaskVector, check_alpha
 
 MERGEKIT_EXAMPLE = """# mergekit task arithmetic of the exported checkpoints: θ0 + λ·Σ_t τ_t (run: mergekit-yaml mergekit.yaml out/)
 merge_method: task_arithmetic
@@ -63,6 +63,8 @@ def _strip(tv: TaskVector, prefix: str) -> TaskVector:
 def _check_base(model: nn.Module, vectors: list[TaskVector]) -> str:
     fp = fingerprint(model)
     for tv in vectors:
+        if not isinstance(tv, TaskVector):
+            raise DeltaMergeError(f"vector must be a TaskVector, got {type(tv).__name__}")
         if tv.base_fingerprint != fp:
             raise DeltaMergeError(f"task vector was made for base model {tv.base_fingerprint}, but this model is {fp}:"
                                   " wrong base model")
@@ -70,13 +72,57 @@ def _check_base(model: nn.Module, vectors: list[TaskVector]) -> str:
     return fp
 
 
+MANIFEST = "deltamerge.json"  # provenance of an exported folder, with the list of the files the export wrote
+
+
+def _is_our_export(out: Path) -> bool:
+    """Whether ``out`` is a folder a deltamerge export wrote and nobody added to: its manifest lists every file in
+    it. Only such a folder is ever replaced (``overwrite=True``); a user's folder or file never is."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(files, list):
+        return False
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir()}
+    return present <= set(files) | {MANIFEST}
+
+
+def _is_our_file(path: Path) -> bool:
+    """Whether ``path`` is a deltamerge safetensors artifact (its metadata says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "deltamerge" in (f.metadata() or {})
+    except Exception:  # not safetensors at all: a user's file
+        return False
+
+
+def _refuse_existing(out: Path, overwrite: bool, folder: bool) -> None:
+    """Refuse an existing output without ``overwrite``; with it, refuse anything but a previous deltamerge export
+    (nothing a user wrote is ever deleted)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise DeltaMergeError(f"out: {out} exists; refusing to overwrite it (pass overwrite=True to replace a "
+                              "previous export)")
+    ours = (out.is_dir() and not out.is_symlink() and _is_our_export(out)) if folder else \
+        (out.is_file() and _is_our_file(out))
+    if not ours:
+        what = "a folder deltamerge export wrote (or it holds files the export did not write)" if folder \
+            else "a safetensors file deltamerge wrote"
+        raise DeltaMergeError(f"out: {out} exists and is not {what}: refusing to replace it even with "
+                              "overwrite=True; choose another output or remove it yourself")
+
+
 class _FreshDir:
-    """Write into a temporary sibling folder, then rename: a failed export leaves nothing behind."""
+    """Write into a temporary sibling folder, then rename: a failed export leaves nothing behind, and a replaced
+    previous export is swapped out only once the new one is complete."""
 
     def __init__(self, out: Path, overwrite: bool) -> None:
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise DeltaMergeError(f"{self.out} exists; refusing to overwrite it (pass --force to replace it)")
+        _refuse_existing(self.out, overwrite, folder=True)
         self.out.parent.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> Path:
@@ -87,9 +133,17 @@ class _FreshDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        files = sorted(p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if not p.is_dir())
+        manifest = self.tmp / MANIFEST
+        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        manifest.write_text(json.dumps({**info, "files": sorted(set(files) | {MANIFEST})}, indent=2))
+        old = None
         if self.out.exists():
-            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old.", dir=self.out.parent)) / "old"
+            os.replace(self.out, old)
         os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _provenance(tv: TaskVector | None, alpha: float, base_fp: str) -> dict:
@@ -102,12 +156,13 @@ def export_hf(model: nn.Module, out: str | Path, vector: TaskVector | None = Non
               overwrite: bool = False) -> Path:
     """``save_pretrained`` folder (config + safetensors) of θ0 + α·τ; ``AutoModel.from_pretrained(out)`` loads it.
     ``model``: the wrapped / built-in backbone the vector was trained on (or the raw transformers model)."""
+    alpha = check_alpha(alpha)
     fp = _check_base(model, [vector] if vector is not None else [])
     prefix, hf = _hf_part(model)
-    merged = hf if vector is None else _strip(vector, prefix).applied(hf, alpha)
+    merged = hf if vector is None else _strip(vector, prefix)._applied_unchecked(hf, alpha)  # base checked above
     with _FreshDir(Path(out), overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "deltamerge.json").write_text(json.dumps(_provenance(vector, alpha, fp), indent=2))
+        (tmp / MANIFEST).write_text(json.dumps(_provenance(vector, alpha, fp), indent=2))
     return Path(out)
 
 
@@ -117,8 +172,11 @@ def export_state_dict(model: nn.Module, out: str | Path, vector: TaskVector | No
     provenance in the file's metadata)."""
     from deltamerge.model import WrappedModel
 
+    alpha = check_alpha(alpha)
     fp = _check_base(model, [vector] if vector is not None else [])
-    merged = model if vector is None else vector.applied(model, alpha)
+    out = Path(out)
+    _refuse_existing(out, overwrite, folder=False)
+    merged = model if vector is None else vector._applied_unchecked(model, alpha)  # base checked above
     if isinstance(merged, WrappedModel):
         merged, prefix = merged.model, merged.prefix
     else:
@@ -176,7 +234,7 @@ def export_model(model: nn.Module, out: str | Path, vector: TaskVector | None = 
 def merged_model(model: nn.Module, vector: TaskVector, alpha: float = 1.0) -> nn.Module:
     """θ0 + α·τ as a new in-memory model (the input is untouched); see :meth:`TaskVector.applied`."""
     _check_base(model, [vector])
-    return vector.applied(model, alpha)
+    return vector._applied_unchecked(model, check_alpha(alpha))
 
 
 __all__ = ["export_model", "export_hf", "export_state_dict", "export_task_checkpoints", "merged_model"]

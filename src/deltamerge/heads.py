@@ -42,6 +42,34 @@ def check_frozen_head(head: Any) -> None:
                               "one with deltamerge.prototype_head / few_shot_head / zero_shot_head")
 
 
+def check_head_classes(logits: Tensor, labels: Tensor) -> None:
+    """Refuse a head whose logits [B, C] have fewer classes than the labels need (a label ≥ C would be an IndexError
+    in the loss, and a silently wrong accuracy in evaluation)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise DeltaMergeError(f"head: must map features [B, D] to logits [B, C], got {shape}")
+    if labels.numel() and int(labels.max()) >= logits.shape[-1]:
+        raise DeltaMergeError(f"head: it scores {logits.shape[-1]} classes but the labels go up to "
+                              f"{int(labels.max())}: build the head with num_classes={int(labels.max()) + 1} "
+                              "(or check the labels)")
+    if labels.numel() and int(labels.min()) < 0:
+        raise DeltaMergeError(f"labels: class indices must be ≥ 0, got {int(labels.min())}")
+
+
+def check_head_fits(head: Any, feature_dim: int, labels: Tensor, device: Any = "cpu") -> None:
+    """Run ``head`` on one zero feature vector and check its class count against ``labels`` (before training)."""
+    param = next(iter(head.parameters()), None) if isinstance(head, torch.nn.Module) else None
+    x = torch.zeros(1, feature_dim, device=param.device if param is not None else device,
+                    dtype=param.dtype if param is not None and param.dtype.is_floating_point else torch.float32)
+    try:
+        with torch.no_grad():
+            logits = head(x)
+    except (RuntimeError, TypeError) as exc:
+        raise DeltaMergeError(f"head: cannot score features of dimension {feature_dim} "
+                              f"({' '.join(str(exc).split())[:160]}): build it on this model's features") from None
+    check_head_classes(logits, labels.cpu())
+
+
 def zero_shot_head(embed: Callable[[list[str]], Tensor], class_names: list[str], templates: list[str],
                    scale: float = 100.0) -> Head:
     """CLIP-style zero-shot head: w_c = n(mean_t n(embed(template_t(c)))), logits = s·⟨n(f), w_c⟩.
