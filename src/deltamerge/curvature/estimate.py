@@ -11,6 +11,7 @@ pyproject.toml; the brute-force GGN tests in tests/test_curvature.py catch any c
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
 import torch
@@ -30,6 +31,20 @@ from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.feature_space import output_transform_hook
 from deltamerge.lazy import is_token_inputs
+
+
+#: torch ≥ 2.10 warns that ``torch.jit.script`` is deprecated (a DeprecationWarning or FutureWarning, by version)
+#: when curvlinops imports linear_operator, which scripts a few functions at import time: not the user's concern
+_JIT_SCRIPT_WARNING = r"`torch\.jit\.script` is deprecated"
+
+
+def _curvlinops() -> tuple[type, type]:
+    """curvlinops' EK-FAC and KFAC operators, imported with (only) torch's ``torch.jit.script`` deprecation warning
+    silenced, where it comes from."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_SCRIPT_WARNING)
+        from curvlinops import EKFACLinearOperator, KFACLinearOperator
+    return EKFACLinearOperator, KFACLinearOperator
 
 
 def _eigvecs(factor: Tensor, jitter: float) -> Tensor:
@@ -99,8 +114,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     ``data_sources.as_inputs`` accepts), for ``modules``
     (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes.
     ``cfg.dense_blocks``: also a dense GGN block per LayerNorm / class embedding (curvature/dense_blocks.py)."""
-    from curvlinops import EKFACLinearOperator, KFACLinearOperator
-
+    EKFACLinearOperator, KFACLinearOperator = _curvlinops()
     from deltamerge.data_sources import as_inputs
     from deltamerge.model import as_backbone
 
