@@ -99,7 +99,8 @@ def test_cli_export_from_a_local_model_folder(tmp_path):
     res = runner.invoke(app, ["export", str(tmp_path / "ck"), "--model", str(tmp_path / "base"),
                               "--vector", str(tmp_path / "tv.safetensors"), "--format", "checkpoints"])
     assert res.exit_code == 0, res.output
-    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base", "t", "mergekit.yaml", "deltamerge.json"}
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base", "t", "mergekit.yaml", "run_mergekit.py",
+                                                         "deltamerge.json"}
     bad = runner.invoke(app, ["export", str(tmp_path / "x"), "--vector", str(tmp_path / "tv.safetensors")])
     assert bad.exit_code == 2 and "error: give exactly one of --suite" in bad.output
     bad = runner.invoke(app, ["export", str(tmp_path / "out"), "--model", str(tmp_path / "base")])

@@ -23,7 +23,8 @@ from deltamerge.artifacts import fingerprint, save_artifact
 from deltamerge.errors import DeltaMergeError
 from deltamerge.taskvector import TaskVector, check_alpha
 
-MERGEKIT_EXAMPLE = """# mergekit task arithmetic of the exported checkpoints: θ0 + λ·Σ_t τ_t (run: mergekit-yaml mergekit.yaml out/)
+MERGEKIT_EXAMPLE = """# mergekit task arithmetic of the exported checkpoints: θ0 + λ·Σ_t τ_t
+# run: mergekit-yaml mergekit.yaml out/   (BertModel folders and mergekit 0.1.4: python run_mergekit.py, see there)
 merge_method: task_arithmetic
 base_model: {base}
 models:
@@ -32,6 +33,46 @@ parameters:
   normalize: false
 dtype: float32
 """
+
+#: Written beside mergekit.yaml: runs mergekit as ``mergekit-yaml`` does, working around mergekit 0.1.4's crash on
+#: BertModel folders (docs/api.md, "mergekit interop"). Its own code, run by the Python that has mergekit.
+MERGEKIT_RUNNER = '''"""Merge the checkpoints beside this file with mergekit: `python run_mergekit.py [CONFIG] [OUT]` (defaults:
+mergekit.yaml here, merged/ here), run by the Python that has mergekit installed. Does what `mergekit-yaml CONFIG OUT`
+does. With mergekit 0.1.4 it first works around a crash on BertModel folders: mergekit's bert.json gives the optional
+weight `embeddings.position_ids` aliases, which mergekit stores as a tuple, and plan.py (line 172) adds that tuple to
+a list (TypeError: can only concatenate list (not "tuple") to list). The aliases of optional weights are handed to
+mergekit's planner as lists; nothing else changes. Written by deltamerge's export_task_checkpoints."""
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+
+if version("mergekit") == "0.1.4":
+    from mergekit.plan import MergePlanner
+
+    _plan_tensor = MergePlanner.plan_tensor
+
+    def _as_list(weight):
+        return weight.model_copy(update={"aliases": list(weight.aliases)}) if weight.aliases else weight
+
+    def _plan_tensor_with_list_aliases(self, weight, weights_in, models, cfg_reader):
+        if weight.optional:
+            weight, weights_in = _as_list(weight), [_as_list(w) for w in weights_in]
+        return _plan_tensor(self, weight, weights_in, models, cfg_reader)
+
+    MergePlanner.plan_tensor = _plan_tensor_with_list_aliases
+
+here = Path(__file__).resolve().parent
+config = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "mergekit.yaml"
+out = sys.argv[2] if len(sys.argv) > 2 else str(here / "merged")
+text = config.read_text()
+run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), out, options=MergeOptions(copy_tokenizer=False),
+          config_source=text)
+'''
 
 
 def _hf_part(model: nn.Module) -> tuple[str, nn.Module]:
@@ -190,7 +231,8 @@ def export_state_dict(model: nn.Module, out: str | Path, vector: TaskVector | No
 def export_task_checkpoints(model: nn.Module, vectors: dict[str, TaskVector], out: str | Path,
                             overwrite: bool = False, format: str = "auto") -> dict[str, Path]:
     """One full checkpoint θ0 + τ_t per task vector, plus the base θ0 as ``base``, under ``out`` (and, for the
-    Hugging Face format, a ``mergekit.yaml`` that task-arithmetic-merges them). ``format``: "hf", "safetensors",
+    Hugging Face format, a ``mergekit.yaml`` that task-arithmetic-merges them and ``run_mergekit.py``, which runs it
+    also on BertModel folders that mergekit 0.1.4's own ``mergekit-yaml`` crashes on). ``format``: "hf", "safetensors",
     or "auto" (hf when the model holds a transformers model)."""
     if format == "auto":
         try:
@@ -218,6 +260,7 @@ def export_task_checkpoints(model: nn.Module, vectors: dict[str, TaskVector], ou
             final = Path(out).resolve()  # absolute paths: mergekit takes a bare name for a hub id
             models = "\n".join(f"  - model: {final / name}\n    parameters:\n      weight: 1.0" for name in vectors)
             (tmp / "mergekit.yaml").write_text(MERGEKIT_EXAMPLE.format(base=final / "base", models=models))
+            (tmp / "run_mergekit.py").write_text(MERGEKIT_RUNNER)
     return paths
 
 
