@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from deltamerge.config import BaseTrainConfig, CurvatureConfig, train_config
 from deltamerge.curvature import Curvature
 from deltamerge.curvature import estimate_curvature as _estimate
 from deltamerge.data import ArrayDataset, Inputs
 from deltamerge.data_sources import Columns, as_dataset, as_inputs
-from deltamerge.errors import DeltaMergeError
+from deltamerge.errors import DeltaMergeError, InvalidSettings, validation_message
 from deltamerge.taskvector import TaskVector, check_alpha
 
 
@@ -33,7 +35,14 @@ def estimate_curvature(model: Any, reference: Any, cfg: CurvatureConfig | None =
     :class:`CurvatureConfig` fields (e.g. ``probes="mc"``, ``num_examples=1024``)."""
     if cfg is not None and options:
         raise DeltaMergeError("pass either cfg or keyword options, not both")
-    cfg = cfg or CurvatureConfig.model_validate(options)
+    if cfg is not None and not isinstance(cfg, CurvatureConfig):
+        raise DeltaMergeError(f"cfg must be a CurvatureConfig (or pass its fields as keywords), got "
+                              f"{type(cfg).__name__}")
+    if cfg is None:
+        try:
+            cfg = CurvatureConfig.model_validate(options)
+        except ValidationError as exc:
+            raise InvalidSettings(f"invalid curvature settings: {validation_message(exc)}", exc) from None
     return _estimate(model, as_inputs(reference, columns), cfg)
 
 

@@ -120,8 +120,16 @@ def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: in
     ``train``: any labelled source ``deltamerge.data_sources.as_dataset`` accepts."""
     from deltamerge.data_sources import as_dataset
 
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise DeltaMergeError(f"shots must be an integer ≥ 1 (examples per class), got {shots!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise DeltaMergeError(f"num_classes must be an integer ≥ 1, got {num_classes!r}")
     train = as_dataset(train, what="few-shot head data")
     num_classes = int(train.labels.max()) + 1 if num_classes is None else num_classes
+    if len(train) and int(train.labels.max()) >= num_classes:
+        raise DeltaMergeError(f"num_classes={num_classes}, but the labels go up to {int(train.labels.max())}: "
+                              f"pass num_classes={int(train.labels.max()) + 1} (or leave it out)")
     shot_idx = few_shot_indices(train.labels, num_classes, shots, seed)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[shot_idx] = False
