@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -148,7 +149,8 @@ def _refuse_existing(out: Path, overwrite: bool, folder: bool) -> None:
     if not overwrite:
         raise DeltaMergeError(f"out: {out} exists; refusing to overwrite it (pass overwrite=True to replace a "
                               "previous export)")
-    ours = (out.is_dir() and not out.is_symlink() and _is_our_export(out)) if folder else \
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())  # nothing of a user's to lose
+    ours = (empty or out.is_dir() and not out.is_symlink() and _is_our_export(out)) if folder else \
         (out.is_file() and _is_our_file(out))
     if not ours:
         what = "a folder deltamerge export wrote (or it holds files the export did not write)" if folder \
@@ -194,15 +196,26 @@ def _provenance(tv: TaskVector | None, alpha: float, base_fp: str) -> dict:
 
 
 def export_hf(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, tokenizer: Any = None, attn_implementation: str | None = None) -> Path:
     """``save_pretrained`` folder (config + safetensors) of θ0 + α·τ; ``AutoModel.from_pretrained(out)`` loads it.
-    ``model``: the wrapped / built-in backbone the vector was trained on (or the raw transformers model)."""
+    ``model``: the wrapped / built-in backbone the vector was trained on (or the raw transformers model);
+    ``tokenizer``: saved into the folder too (``save_pretrained``); ``attn_implementation``: recorded in the saved
+    config (e.g. "eager"). The one Hugging Face export path (``export_llm`` writes through it)."""
     alpha = check_alpha(alpha)
     fp = _check_base(model, [vector] if vector is not None else [])
     prefix, hf = _hf_part(model)
     merged = hf if vector is None else _strip(vector, prefix)._applied_unchecked(hf, alpha)  # base checked above
     with _FreshDir(Path(out), overwrite) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        before = getattr(merged.config, "attn_implementation", None)
+        if attn_implementation is not None:
+            merged.config.attn_implementation = attn_implementation
+        try:
+            merged.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            if attn_implementation is not None:  # the caller's model (no vector: not a copy) keeps its config
+                merged.config.attn_implementation = before
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         (tmp / MANIFEST).write_text(json.dumps(_provenance(vector, alpha, fp), indent=2))
     return Path(out)
 
