@@ -7,14 +7,13 @@ it silently changes the numbers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
-
-import math
 
 from deltamerge.artifacts import artifact_writer, check_base, fingerprint, load_artifact, require_meta, save_artifact
 from deltamerge.errors import DeltaMergeError
@@ -49,6 +48,8 @@ def check_representable(params: dict[str, Tensor], deltas: dict[str, Tensor], al
         if not math.isfinite(bound) or bound >= biggest or abs(alpha) >= biggest:
             raise DeltaMergeError(f"{what}={alpha:g} makes θ0 + α·τ overflow {str(dtype).replace('torch.', '')} in "
                                   f"'{n}' (inf weights): choose a smaller {what}")
+
+
 _LORA_A, _LORA_B = "lora_A::", "lora_B::"  # tensor-name prefixes of LoRA factors in a saved task vector
 
 

@@ -117,8 +117,9 @@ class Evaluator:
         feats = self.features_along(backbone, data, tv, alphas)
         head = head.to("cpu")
         logits = {a: head(f) for a, f in feats.items()}
-        for out in logits.values():
-            check_head_classes(out, as_dataset(data, what="evaluation data").labels)
+        labels = as_dataset(data, what="evaluation data").labels
+        for out in logits.values():  # a head with fewer classes than the labels would give a silent wrong accuracy
+            check_head_classes(out, labels)
         return {a: out.argmax(-1) for a, out in logits.items()}
 
     def accuracy_along(self, backbone: Backbone, data: ArrayDataset, head: Head, tv: TaskVector | None,
