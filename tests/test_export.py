@@ -99,7 +99,8 @@ def test_cli_export_from_a_local_model_folder(tmp_path):
     res = runner.invoke(app, ["export", str(tmp_path / "ck"), "--model", str(tmp_path / "base"),
                               "--vector", str(tmp_path / "tv.safetensors"), "--format", "checkpoints"])
     assert res.exit_code == 0, res.output
-    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base", "t", "mergekit.yaml"}
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base", "t", "mergekit.yaml", "run_mergekit.py",
+                                                         "deltamerge.json"}
     bad = runner.invoke(app, ["export", str(tmp_path / "x"), "--vector", str(tmp_path / "tv.safetensors")])
     assert bad.exit_code == 2 and "error: give exactly one of --suite" in bad.output
     bad = runner.invoke(app, ["export", str(tmp_path / "out"), "--model", str(tmp_path / "base")])
@@ -125,7 +126,8 @@ def test_cli_export_from_a_suite_backbone_as_safetensors_and_checkpoints(tmp_pat
     res = runner.invoke(app, ["export", str(tmp_path / "ck"), "--suite", "synthetic", "--format", "checkpoints",
                               "--vector", str(tmp_path / "t0.safetensors"), "--vector", str(tmp_path / "t1.safetensors")])
     assert res.exit_code == 0, res.output
-    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base.safetensors", "t0.safetensors", "t1.safetensors"}
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"base.safetensors", "t0.safetensors", "t1.safetensors",
+                                                         "deltamerge.json"}
     res = runner.invoke(app, ["export", str(tmp_path / "h"), "--suite", "synthetic",
                               "--vector", str(tmp_path / "t0.safetensors")])
     assert res.exit_code == 2 and "no single transformers model" in res.output and not (tmp_path / "h").exists()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev, vmap
 
+from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Head
 from deltamerge.backbones.toy import ToyMLP, ToyTransformer
 from deltamerge.config import CurvatureConfig, train_config
@@ -116,7 +117,8 @@ def test_vectors_remember_their_feature_space_through_merges_and_negation():
     backbone = ToyMLP()
     names = [n for n, _ in backbone.named_parameters()]
     cfg = train_config("linear", feature_transform="normalize").model_dump(mode="json")
-    vecs = [TaskVector({n: 0.1 * torch.randn_like(p) for n, p in backbone.named_parameters()}, "fp", "linear",
+    fp = fingerprint(backbone)  # the evaluator checks vectors against the model's weights
+    vecs = [TaskVector({n: 0.1 * torch.randn_like(p) for n, p in backbone.named_parameters()}, fp, "linear",
                        {"config": cfg}) for _ in range(2)]
     assert vector_transform(vecs[0]) == "normalize" and common_transform(vecs) == "normalize"
     for method in ("task-arithmetic", "tsv"):
@@ -127,6 +129,6 @@ def test_vectors_remember_their_feature_space_through_merges_and_negation():
     model = FunctionalModel(backbone, names, transform="normalize")
     g0, jt = model.linearized(data.inputs, vecs[0].deltas)
     assert torch.allclose(feats[0.0], g0, atol=1e-6) and torch.allclose(feats[1.0], g0 + jt, atol=1e-6)
-    mixed = [vecs[0], TaskVector(vecs[1].deltas, "fp", "linear", {})]
+    mixed = [vecs[0], TaskVector(vecs[1].deltas, fp, "linear", {})]
     with pytest.raises(DeltaMergeError, match="different feature spaces"):
         common_transform(mixed)

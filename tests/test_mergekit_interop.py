@@ -151,3 +151,41 @@ def test_mergekit_merges_of_exported_checkpoints_agree_with_deltamerge(tmp_path)
     print(f"TIES density {density}: per-tensor vs mergekit {_max_diff(ours_pt, mk_ties):.2e}; "
           f"global trimming (deltamerge ties) vs mergekit {diff:.2e}")
     assert diff > 1e-6
+
+
+def test_exported_bert_merges_with_the_written_runner_where_mergekit_yaml_crashes(tmp_path):
+    """Issue 24 (8): mergekit 0.1.4 crashes on any BertModel folder (plan.py:172 adds a list and the tuple of aliases
+    its bert.json gives the optional ``embeddings.position_ids``). ``run_mergekit.py``, written beside the exported
+    checkpoints, merges them, and the result is θ0 + Σ τ_t."""
+    from transformers import BertConfig, BertModel
+
+    from deltamerge.artifacts import fingerprint
+    from deltamerge.taskvector import TaskVector
+
+    torch.manual_seed(0)
+    model = wrap(BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=37, max_position_embeddings=16)).eval())
+    g = torch.Generator().manual_seed(0)
+    vecs = {f"t{i}": TaskVector({n: 0.01 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()
+                                 if model.default_trainable(n)}, fingerprint(model)) for i in range(2)}
+    ckpt = tmp_path / "ckpt"
+    export_task_checkpoints(model, vecs, ckpt)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    stock = subprocess.run([MERGEKIT, "-c", _DRIVER, str(ckpt / "mergekit.yaml"), str(tmp_path / "stock")],
+                           capture_output=True, text=True, env=env)
+    if stock.returncode == 0:  # a mergekit without the bug: the runner is then only a convenience
+        print("this mergekit merges BertModel folders itself")
+    else:  # the upstream cause, as documented (docs/api.md)
+        assert 'can only concatenate list (not "tuple") to list' in stock.stderr and "plan.py" in stock.stderr
+    res = subprocess.run([MERGEKIT, str(ckpt / "run_mergekit.py"), str(ckpt / "mergekit.yaml"), str(tmp_path / "m")],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    merged = {}
+    for f in sorted((tmp_path / "m").glob("*.safetensors")):
+        merged.update(load_file(str(f)))
+    ours = _ours(model, get_method("task-arithmetic").prepare(list(vecs.values())).apply(1.0))
+    ours.pop("embeddings.position_ids", None)  # a buffer mergekit may leave out (optional in its bert.json)
+    merged = {k: v for k, v in merged.items() if k in ours}
+    diff = _max_diff(ours, merged)
+    print(f"BertModel via run_mergekit.py vs deltamerge: {diff:.2e}")
+    assert diff < 1e-6

@@ -113,6 +113,8 @@ def test_run_a_yaml_suite_end_to_end(tmp_path):
     assert set(res["regimes"]) == {"nonlinear", "delta"}
     assert (out / "vectors" / "delta" / "pets.teacher.safetensors").is_file()
     assert (out / "vectors" / "delta" / "sent.log.jsonl").is_file()
+    title = (out / "REPORT.md").read_text().splitlines()[0]  # settings come from the file: no preset to name
+    assert title == "# deltamerge report: my-text (YAML suite my_suite.yaml)", title
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["suite"] == "yaml" and saved["suite_options"]["file"] == str(path.resolve())
     r = runner.invoke(app, ["report", str(out), "--only", "alpha_sweep", "--max-examples", "16"])  # reloads the suite
@@ -174,6 +176,21 @@ def test_bad_suite_files_are_one_clear_error(tmp_path):
         get_suite(str(path))
     r = runner.invoke(app, ["run", str(tmp_path / "absent.yaml")])
     assert r.exit_code == 2 and "suite file not found" in r.output
+
+
+def test_a_missing_control_is_one_clear_error_saying_why_it_is_required(tmp_path):
+    path = _text_suite(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    del spec["control"]
+    path.write_text(yaml.safe_dump(spec))
+    r = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert "'control:' is required" in lines[0] and "negation" in lines[0] and "pydantic" not in lines[0]
+    spec["control"] = {"name": "colour", "train": "data/colour_train.parquet"}  # nested errors: one line by key
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DeltaMergeError, match=r"invalid suite file .*: control.test: Field required$"):
+        get_suite(str(path))
 
 
 def test_the_model_block_is_a_wrap_configuration(tmp_path):

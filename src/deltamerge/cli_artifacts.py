@@ -31,8 +31,11 @@ def assets_list() -> None:
     """Show every offline asset, its source, licence and whether it is installed."""
     from deltamerge.assets import list_assets
 
-    for row in list_assets():
-        typer.echo(" | ".join(str(v) for v in row.values()))
+    assets = list_assets()
+    typer.echo("| asset | suites | installed | licence | sources | description |\n|---|---|---|---|---|---|")
+    for a in assets:
+        typer.echo(f"| {a.name} | {', '.join(a.suites) or '-'} | {'yes' if a.installed else 'no'} | {a.licence} | "
+                   f"{', '.join(a.sources)} | {a.description} |")
 
 
 @app.command()

@@ -106,9 +106,24 @@ def named_flags(exc: ValidationError) -> DeltaMergeError:
     return DeltaMergeError("invalid value for " + validation_message(exc, _flags_of_context()))
 
 
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past typer: its ``_main`` turns a KeyboardInterrupt into a silent
+    ``Exit(130)`` (typer ≥ 0.2x) before :class:`ErrorGroup` could print what is kept."""
+
+
+INTERRUPTED = "interrupted: finished artifacts are kept; re-run (finetune: --resume) to continue"
+
+
 class ErrorGroup(TyperGroup):
     """The app's command group: runs a command with click's standalone handling switched off and reports whatever
-    escapes (usage errors included) as one ``error:`` line with exit code 2."""
+    escapes (usage errors included) as one ``error:`` line with exit code 2; Ctrl-C prints what is kept and exits
+    with 130."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # re-raised as an Exception typer lets through (see Interrupted)
+            raise Interrupted() from exc
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -122,8 +137,8 @@ class ErrorGroup(TyperGroup):
         except (typer.Abort, EOFError):
             typer.echo("aborted", err=True)
             rv = 1
-        except KeyboardInterrupt:
-            typer.echo("interrupted: finished artifacts are kept; re-run (finetune: --resume) to continue", err=True)
+        except (KeyboardInterrupt, Interrupted):
+            typer.echo(INTERRUPTED, err=True)
             rv = 130
         except Exception as exc:  # noqa: BLE001 - the one place every failure is turned into one line
             if not standalone_mode:

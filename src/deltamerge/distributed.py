@@ -67,6 +67,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def show_progress(enabled: bool = True) -> bool:
+    """Whether to draw a progress bar: asked for, not switched off by ``DELTAMERGE_NO_PROGRESS``, and rank 0."""
+    return bool(enabled) and not os.environ.get("DELTAMERGE_NO_PROGRESS") and is_main()
+
+
 def timeout_s() -> float:
     raw = os.environ.get(TIMEOUT_ENV)
     if raw is None:

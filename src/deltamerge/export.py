@@ -16,14 +16,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from deltamerge.artifacts import fingerprint, save_artifact
 from deltamerge.errors import DeltaMergeError
-from deltamerge.taskvector import TaskVector
+from deltamerge.taskvector import TaskVector, check_alpha
 
-MERGEKIT_EXAMPLE = """# mergekit task arithmetic of the exported checkpoints: θ0 + λ·Σ_t τ_t (run: mergekit-yaml mergekit.yaml out/)
+MERGEKIT_EXAMPLE = """# mergekit task arithmetic of the exported checkpoints: θ0 + λ·Σ_t τ_t
+# run: mergekit-yaml mergekit.yaml out/   (BertModel folders and mergekit 0.1.4: python run_mergekit.py, see there)
 merge_method: task_arithmetic
 base_model: {base}
 models:
@@ -32,6 +34,46 @@ parameters:
   normalize: false
 dtype: float32
 """
+
+#: Written beside mergekit.yaml: runs mergekit as ``mergekit-yaml`` does, working around mergekit 0.1.4's crash on
+#: BertModel folders (docs/api.md, "mergekit interop"). Its own code, run by the Python that has mergekit.
+MERGEKIT_RUNNER = '''"""Merge the checkpoints beside this file with mergekit: `python run_mergekit.py [CONFIG] [OUT]` (defaults:
+mergekit.yaml here, merged/ here), run by the Python that has mergekit installed. Does what `mergekit-yaml CONFIG OUT`
+does. With mergekit 0.1.4 it first works around a crash on BertModel folders: mergekit's bert.json gives the optional
+weight `embeddings.position_ids` aliases, which mergekit stores as a tuple, and plan.py (line 172) adds that tuple to
+a list (TypeError: can only concatenate list (not "tuple") to list). The aliases of optional weights are handed to
+mergekit's planner as lists; nothing else changes. Written by deltamerge's export_task_checkpoints."""
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+
+if version("mergekit") == "0.1.4":
+    from mergekit.plan import MergePlanner
+
+    _plan_tensor = MergePlanner.plan_tensor
+
+    def _as_list(weight):
+        return weight.model_copy(update={"aliases": list(weight.aliases)}) if weight.aliases else weight
+
+    def _plan_tensor_with_list_aliases(self, weight, weights_in, models, cfg_reader):
+        if weight.optional:
+            weight, weights_in = _as_list(weight), [_as_list(w) for w in weights_in]
+        return _plan_tensor(self, weight, weights_in, models, cfg_reader)
+
+    MergePlanner.plan_tensor = _plan_tensor_with_list_aliases
+
+here = Path(__file__).resolve().parent
+config = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "mergekit.yaml"
+out = sys.argv[2] if len(sys.argv) > 2 else str(here / "merged")
+text = config.read_text()
+run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), out, options=MergeOptions(copy_tokenizer=False),
+          config_source=text)
+'''
 
 
 def _hf_part(model: nn.Module) -> tuple[str, nn.Module]:
@@ -63,6 +105,8 @@ def _strip(tv: TaskVector, prefix: str) -> TaskVector:
 def _check_base(model: nn.Module, vectors: list[TaskVector]) -> str:
     fp = fingerprint(model)
     for tv in vectors:
+        if not isinstance(tv, TaskVector):
+            raise DeltaMergeError(f"vector must be a TaskVector, got {type(tv).__name__}")
         if tv.base_fingerprint != fp:
             raise DeltaMergeError(f"task vector was made for base model {tv.base_fingerprint}, but this model is {fp}:"
                                   " wrong base model")
@@ -70,13 +114,58 @@ def _check_base(model: nn.Module, vectors: list[TaskVector]) -> str:
     return fp
 
 
+MANIFEST = "deltamerge.json"  # provenance of an exported folder, with the list of the files the export wrote
+
+
+def _is_our_export(out: Path) -> bool:
+    """Whether ``out`` is a folder a deltamerge export wrote and nobody added to: its manifest lists every file in
+    it. Only such a folder is ever replaced (``overwrite=True``); a user's folder or file never is."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(files, list):
+        return False
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir()}
+    return present <= set(files) | {MANIFEST}
+
+
+def _is_our_file(path: Path) -> bool:
+    """Whether ``path`` is a deltamerge safetensors artifact (its metadata says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "deltamerge" in (f.metadata() or {})
+    except Exception:  # not safetensors at all: a user's file
+        return False
+
+
+def _refuse_existing(out: Path, overwrite: bool, folder: bool) -> None:
+    """Refuse an existing output without ``overwrite``; with it, refuse anything but a previous deltamerge export
+    (nothing a user wrote is ever deleted)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise DeltaMergeError(f"out: {out} exists; refusing to overwrite it (pass overwrite=True to replace a "
+                              "previous export)")
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())  # nothing of a user's to lose
+    ours = (empty or out.is_dir() and not out.is_symlink() and _is_our_export(out)) if folder else \
+        (out.is_file() and _is_our_file(out))
+    if not ours:
+        what = "a folder deltamerge export wrote (or it holds files the export did not write)" if folder \
+            else "a safetensors file deltamerge wrote"
+        raise DeltaMergeError(f"out: {out} exists and is not {what}: refusing to replace it even with "
+                              "overwrite=True; choose another output or remove it yourself")
+
+
 class _FreshDir:
-    """Write into a temporary sibling folder, then rename: a failed export leaves nothing behind."""
+    """Write into a temporary sibling folder, then rename: a failed export leaves nothing behind, and a replaced
+    previous export is swapped out only once the new one is complete."""
 
     def __init__(self, out: Path, overwrite: bool) -> None:
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise DeltaMergeError(f"{self.out} exists; refusing to overwrite it (pass --force to replace it)")
+        _refuse_existing(self.out, overwrite, folder=True)
         self.out.parent.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> Path:
@@ -87,9 +176,17 @@ class _FreshDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        files = sorted(p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if not p.is_dir())
+        manifest = self.tmp / MANIFEST
+        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        manifest.write_text(json.dumps({**info, "files": sorted(set(files) | {MANIFEST})}, indent=2))
+        old = None
         if self.out.exists():
-            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old.", dir=self.out.parent)) / "old"
+            os.replace(self.out, old)
         os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _provenance(tv: TaskVector | None, alpha: float, base_fp: str) -> dict:
@@ -99,15 +196,27 @@ def _provenance(tv: TaskVector | None, alpha: float, base_fp: str) -> dict:
 
 
 def export_hf(model: nn.Module, out: str | Path, vector: TaskVector | None = None, alpha: float = 1.0,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, tokenizer: Any = None, attn_implementation: str | None = None) -> Path:
     """``save_pretrained`` folder (config + safetensors) of θ0 + α·τ; ``AutoModel.from_pretrained(out)`` loads it.
-    ``model``: the wrapped / built-in backbone the vector was trained on (or the raw transformers model)."""
+    ``model``: the wrapped / built-in backbone the vector was trained on (or the raw transformers model);
+    ``tokenizer``: saved into the folder too (``save_pretrained``); ``attn_implementation``: recorded in the saved
+    config (e.g. "eager"). The one Hugging Face export path (``export_llm`` writes through it)."""
+    alpha = check_alpha(alpha)
     fp = _check_base(model, [vector] if vector is not None else [])
     prefix, hf = _hf_part(model)
-    merged = hf if vector is None else _strip(vector, prefix).applied(hf, alpha)
+    merged = hf if vector is None else _strip(vector, prefix)._applied_unchecked(hf, alpha)  # base checked above
     with _FreshDir(Path(out), overwrite) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "deltamerge.json").write_text(json.dumps(_provenance(vector, alpha, fp), indent=2))
+        before = getattr(merged.config, "attn_implementation", None)
+        if attn_implementation is not None:
+            merged.config.attn_implementation = attn_implementation
+        try:
+            merged.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            if attn_implementation is not None:  # the caller's model (no vector: not a copy) keeps its config
+                merged.config.attn_implementation = before
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(_provenance(vector, alpha, fp), indent=2))
     return Path(out)
 
 
@@ -117,8 +226,11 @@ def export_state_dict(model: nn.Module, out: str | Path, vector: TaskVector | No
     provenance in the file's metadata)."""
     from deltamerge.model import WrappedModel
 
+    alpha = check_alpha(alpha)
     fp = _check_base(model, [vector] if vector is not None else [])
-    merged = model if vector is None else vector.applied(model, alpha)
+    out = Path(out)
+    _refuse_existing(out, overwrite, folder=False)
+    merged = model if vector is None else vector._applied_unchecked(model, alpha)  # base checked above
     if isinstance(merged, WrappedModel):
         merged, prefix = merged.model, merged.prefix
     else:
@@ -132,7 +244,8 @@ def export_state_dict(model: nn.Module, out: str | Path, vector: TaskVector | No
 def export_task_checkpoints(model: nn.Module, vectors: dict[str, TaskVector], out: str | Path,
                             overwrite: bool = False, format: str = "auto") -> dict[str, Path]:
     """One full checkpoint θ0 + τ_t per task vector, plus the base θ0 as ``base``, under ``out`` (and, for the
-    Hugging Face format, a ``mergekit.yaml`` that task-arithmetic-merges them). ``format``: "hf", "safetensors",
+    Hugging Face format, a ``mergekit.yaml`` that task-arithmetic-merges them and ``run_mergekit.py``, which runs it
+    also on BertModel folders that mergekit 0.1.4's own ``mergekit-yaml`` crashes on). ``format``: "hf", "safetensors",
     or "auto" (hf when the model holds a transformers model)."""
     if format == "auto":
         try:
@@ -160,6 +273,7 @@ def export_task_checkpoints(model: nn.Module, vectors: dict[str, TaskVector], ou
             final = Path(out).resolve()  # absolute paths: mergekit takes a bare name for a hub id
             models = "\n".join(f"  - model: {final / name}\n    parameters:\n      weight: 1.0" for name in vectors)
             (tmp / "mergekit.yaml").write_text(MERGEKIT_EXAMPLE.format(base=final / "base", models=models))
+            (tmp / "run_mergekit.py").write_text(MERGEKIT_RUNNER)
     return paths
 
 
@@ -176,7 +290,7 @@ def export_model(model: nn.Module, out: str | Path, vector: TaskVector | None = 
 def merged_model(model: nn.Module, vector: TaskVector, alpha: float = 1.0) -> nn.Module:
     """θ0 + α·τ as a new in-memory model (the input is untouched); see :meth:`TaskVector.applied`."""
     _check_base(model, [vector])
-    return vector.applied(model, alpha)
+    return vector._applied_unchecked(model, check_alpha(alpha))
 
 
 __all__ = ["export_model", "export_hf", "export_state_dict", "export_task_checkpoints", "merged_model"]

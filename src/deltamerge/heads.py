@@ -42,6 +42,34 @@ def check_frozen_head(head: Any) -> None:
                               "one with deltamerge.prototype_head / few_shot_head / zero_shot_head")
 
 
+def check_head_classes(logits: Tensor, labels: Tensor) -> None:
+    """Refuse a head whose logits [B, C] have fewer classes than the labels need (a label ≥ C would be an IndexError
+    in the loss, and a silently wrong accuracy in evaluation)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise DeltaMergeError(f"head: must map features [B, D] to logits [B, C], got {shape}")
+    if labels.numel() and int(labels.max()) >= logits.shape[-1]:
+        raise DeltaMergeError(f"head: it scores {logits.shape[-1]} classes but the labels go up to "
+                              f"{int(labels.max())}: build the head with num_classes={int(labels.max()) + 1} "
+                              "(or check the labels)")
+    if labels.numel() and int(labels.min()) < 0:
+        raise DeltaMergeError(f"labels: class indices must be ≥ 0, got {int(labels.min())}")
+
+
+def check_head_fits(head: Any, feature_dim: int, labels: Tensor, device: Any = "cpu") -> None:
+    """Run ``head`` on one zero feature vector and check its class count against ``labels`` (before training)."""
+    param = next(iter(head.parameters()), None) if isinstance(head, torch.nn.Module) else None
+    x = torch.zeros(1, feature_dim, device=param.device if param is not None else device,
+                    dtype=param.dtype if param is not None and param.dtype.is_floating_point else torch.float32)
+    try:
+        with torch.no_grad():
+            logits = head(x)
+    except (RuntimeError, TypeError) as exc:
+        raise DeltaMergeError(f"head: cannot score features of dimension {feature_dim} "
+                              f"({' '.join(str(exc).split())[:160]}): build it on this model's features") from None
+    check_head_classes(logits, labels.cpu())
+
+
 def zero_shot_head(embed: Callable[[list[str]], Tensor], class_names: list[str], templates: list[str],
                    scale: float = 100.0) -> Head:
     """CLIP-style zero-shot head: w_c = n(mean_t n(embed(template_t(c)))), logits = s·⟨n(f), w_c⟩.
@@ -92,8 +120,16 @@ def few_shot_head(backbone: Backbone, train: ArrayDataset | Any, num_classes: in
     ``train``: any labelled source ``deltamerge.data_sources.as_dataset`` accepts."""
     from deltamerge.data_sources import as_dataset
 
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise DeltaMergeError(f"shots must be an integer ≥ 1 (examples per class), got {shots!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise DeltaMergeError(f"num_classes must be an integer ≥ 1, got {num_classes!r}")
     train = as_dataset(train, what="few-shot head data")
     num_classes = int(train.labels.max()) + 1 if num_classes is None else num_classes
+    if len(train) and int(train.labels.max()) >= num_classes:
+        raise DeltaMergeError(f"num_classes={num_classes}, but the labels go up to {int(train.labels.max())}: "
+                              f"pass num_classes={int(train.labels.max()) + 1} (or leave it out)")
     shot_idx = few_shot_indices(train.labels, num_classes, shots, seed)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[shot_idx] = False

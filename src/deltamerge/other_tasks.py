@@ -1,6 +1,6 @@
 """What the other tasks of a suite contribute to one task's training (τJp: their inputs; TAK: their KFAC).
 
-Built by ``deltamerge run`` and ``deltamerge finetune`` for regimes that declare ``needs_others``. Each task's KFAC
+Built by ``deltamerge run``, ``deltamerge finetune`` and the Python ``finetune(..., others=...)`` for regimes that declare ``needs_others``. Each task's KFAC
 (of the feature GGN on its own training inputs, label-free) is estimated once and cached as
 ``<cache_dir>/<task>.kfac.safetensors``; a cached file is reused only if it was made for the same base model, task
 size and curvature configuration.
@@ -14,12 +14,29 @@ from typing import Callable
 
 from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Backbone
-from deltamerge.config import config_hash
+from deltamerge.config import CurvatureConfig, config_hash
 from deltamerge.curvature import Curvature, estimate_curvature
-from deltamerge.data import Task
+from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.suites.base import Suite
-from deltamerge.training.context import TrainContext
+from deltamerge.training.context import OTHERS_KINDS, TrainContext
+
+
+def task_kfac(backbone: Backbone, inputs: Inputs, cfg: CurvatureConfig) -> Curvature:
+    """KFAC of one task's own training inputs (TAK's per-task curvature): ``cfg`` as KFAC without dense blocks."""
+    return estimate_curvature(backbone, inputs, cfg.model_copy(update={"kind": "kfac", "dense_blocks": False}))
+
+
+def others_context(kind: str, others: list[str], inputs: Callable[[str], Inputs],
+                   kfac: Callable[[str], Curvature], reference: Callable[[], Inputs | None]) -> TrainContext:
+    """The ``kind`` context of a regime's ``needs_others`` ("inputs": τJp's other-task inputs and the reference
+    inputs; "kfac": TAK's other-task KFAC), from per-task getters (the suite's tasks here, the Python API's
+    ``others=`` in ``api.finetune``)."""
+    if kind == "inputs":
+        return TrainContext(other_inputs={n: inputs(n) for n in others}, reference=reference())
+    if kind == "kfac":
+        return TrainContext(other_curvatures={n: kfac(n) for n in others})
+    raise DeltaMergeError(f"unknown context kind '{kind}' (known: {', '.join(OTHERS_KINDS)})")
 
 
 class OtherTasks:
@@ -30,11 +47,6 @@ class OtherTasks:
         self.suite, self.backbone, self.tasks, self.preset = suite, backbone, tasks, preset
         self.cache_dir, self.log = Path(cache_dir), log
         self._kfac: dict[str, Curvature] = {}
-        self._builders: dict[str, Callable[[list[str]], TrainContext]] = {
-            "inputs": lambda others: TrainContext(other_inputs={n: self.tasks[n].train.inputs for n in others},
-                                                  reference=self.reference()),
-            "kfac": lambda others: TrainContext(other_curvatures={n: self.kfac(n) for n in others}),
-        }
 
     def reference(self):
         """The suite's reference inputs (built once; τJp's control-domain term)."""
@@ -44,10 +56,8 @@ class OtherTasks:
 
     def context(self, kind: str, task: str) -> TrainContext:
         """The ``kind`` ("inputs" or "kfac") context for training ``task`` against every other task."""
-        if kind not in self._builders:
-            raise DeltaMergeError(f"unknown context kind '{kind}' (known: {', '.join(self._builders)})")
         others = [n for n in self.tasks if n != task]
-        return self._builders[kind](others)
+        return others_context(kind, others, lambda n: self.tasks[n].train.inputs, self.kfac, self.reference)
 
     def kfac(self, name: str) -> Curvature:
         """KFAC of task ``name``'s training inputs: from memory, the cache file, or estimated once."""
@@ -67,7 +77,7 @@ class OtherTasks:
         if curv is None:
             self.log(f"task curvature: KFAC ({cfg.probes}) on the training inputs of {name}")
             t0 = time.perf_counter()
-            curv = estimate_curvature(self.backbone, task.train.inputs, cfg)
+            curv = task_kfac(self.backbone, task.train.inputs, cfg)
             curv.meta.update({**want, "seconds": round(time.perf_counter() - t0, 2)})
             curv.save(path)
         self._kfac[name] = curv

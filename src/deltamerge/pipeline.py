@@ -151,6 +151,7 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     eval_cfg = cfg.eval or suite.eval_config(cfg.preset)
     ctx = protocols.EvalContext(backbone, heads, eval_cfg)
     results = {"suite": suite.name, "preset": cfg.preset, "backbone": backbone.name,
+               **({"suite_file": suite.settings_file} if suite.settings_file else {}),
                "base_fingerprint": fingerprint(backbone), "tasks": list(tasks), "control": control.name,
                "merge_method": cfg.merge_method, **({"merge_params": cfg.merge_params} if cfg.merge_params else {}),
                "eval": eval_cfg.model_dump(mode="json"),

@@ -144,8 +144,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: boo
             os.replace(tmp, path)
         else:
             _publish_new(tmp, path)
-    except FileExistsError:
-        raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass --force to replace it)") from None
+    except FileExistsError:  # the CLI refuses existing outputs before any work (check_outputs, naming --force)
+        raise DeltaMergeError(f"{path} exists; refusing to overwrite it (pass overwrite=True to replace it)") \
+            from None
     except OSError as exc:
         raise io_error(exc, path) from None
     finally:

@@ -7,6 +7,7 @@ it silently changes the numbers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,11 +15,41 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from deltamerge.artifacts import artifact_writer, check_base, load_artifact, require_meta, save_artifact
+from deltamerge.artifacts import artifact_writer, check_base, fingerprint, load_artifact, require_meta, save_artifact
 from deltamerge.errors import DeltaMergeError
 from deltamerge.feature_space import vector_transform
 
 KINDS = ("nonlinear", "linear")
+
+
+def check_alpha(alpha: Any, what: str = "alpha") -> float:
+    """``alpha`` as a float, or one DeltaMergeError naming ``what`` for a non-number, NaN or inf (which would write or
+    evaluate a NaN / inf model)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) and not (
+            isinstance(alpha, Tensor) and alpha.numel() == 1):
+        raise DeltaMergeError(f"{what} must be a number, got {type(alpha).__name__}")
+    value = float(alpha)
+    if not math.isfinite(value):
+        raise DeltaMergeError(f"{what} must be a finite number, not {value}")
+    return value
+
+
+def check_representable(params: dict[str, Tensor], deltas: dict[str, Tensor], alpha: float,
+                        what: str = "alpha") -> None:
+    """Refuse θ0 + α·τ whose weights would overflow the model's dtype (``alpha=1e39`` in float32 gives inf weights):
+    |α| and max|θ0| + |α|·max|τ| must stay below the dtype's largest value, for every tensor (a cheap bound, no
+    copy)."""
+    for n, t in deltas.items():
+        p = params.get(n)
+        dtype = p.dtype if p is not None and p.dtype.is_floating_point else t.dtype
+        bound = (float(p.detach().abs().max()) if p is not None and p.numel() else 0.0) + \
+            abs(alpha) * (float(t.detach().abs().max()) if t.numel() else 0.0)
+        biggest = torch.finfo(dtype).max  # α itself is cast to the dtype in α·τ: 1e39 is inf in float32
+        if not math.isfinite(bound) or bound >= biggest or abs(alpha) >= biggest:
+            raise DeltaMergeError(f"{what}={alpha:g} makes θ0 + α·τ overflow {str(dtype).replace('torch.', '')} in "
+                                  f"'{n}' (inf weights): choose a smaller {what}")
+
+
 _LORA_A, _LORA_B = "lora_A::", "lora_B::"  # tensor-name prefixes of LoRA factors in a saved task vector
 
 
@@ -136,25 +167,52 @@ class TaskVector:
             raise DeltaMergeError("a linear (tangent-space) task vector is not a weight edit of the plain model; "
                                   "evaluate it with the linearized model (deltamerge evaluate does this)")
 
-    def apply_in_place(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
-        """θ ← θ + α·τ, modifying ``model``'s own weights (prefer :meth:`applied`). Returns ``model``."""
-        self._check_weight_edit()
-        names = self._resolve_names(model)
+    def check_base_of(self, model: nn.Module, what: str = "model") -> None:
+        """Refuse a ``model`` whose current weights are not this vector's base θ0 (another model, or θ0 edited in
+        place): the fingerprint is recomputed from the weights."""
+        fp = fingerprint(model)
+        if fp != self.base_fingerprint:
+            raise DeltaMergeError(f"{what}: the task vector was made for base model {self.base_fingerprint}, but this "
+                                  f"model is {fp}: wrong base model (a vector of another model, or a model edited "
+                                  "in place; apply vectors to the untouched base model)")
+
+    def _add_into(self, model: nn.Module, names: dict[str, str], alpha: float) -> nn.Module:
         params = dict(model.named_parameters())
+        check_representable({n: params[names[n]] for n in self.deltas}, self.deltas, alpha)
         with torch.no_grad():
             for n, t in self.deltas.items():
                 p = params[names[n]]
                 p.add_(alpha * t.to(p.device, p.dtype))
         return model
 
+    def apply_in_place(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
+        """θ ← θ + α·τ, modifying ``model``'s own weights (prefer :meth:`applied`). Returns ``model``. ``model``
+        must hold θ0 (its fingerprint is checked)."""
+        self._check_weight_edit()
+        alpha = check_alpha(alpha)
+        names = self._resolve_names(model)
+        self.check_base_of(model)
+        return self._add_into(model, names, alpha)
+
     def applied(self, model: nn.Module, alpha: float = 1.0) -> nn.Module:
         """A NEW model with weights θ0 + α·τ (a deep copy; ``model`` is left untouched). ``model`` may be the
-        wrapped model the vector was trained on or the raw model inside the wrapper."""
+        wrapped model the vector was trained on or the raw model inside the wrapper; it must hold θ0 (a vector of
+        another model, or a model already edited in place, is refused)."""
+        self._check_weight_edit()  # checked before the (possibly large) copy
+        alpha = check_alpha(alpha)
+        self._resolve_names(model)
+        self.check_base_of(model)
+        return self._applied_unchecked(model, alpha)
+
+    def _applied_unchecked(self, model: nn.Module, alpha: float) -> nn.Module:
+        """:meth:`applied` without the base check, for callers that checked the base on the wrapper and apply to the
+        model inside it (whose fingerprint differs when the wrapper's ``attach`` name is not ``model``)."""
         import copy
 
-        self._check_weight_edit()  # checked before the (possibly large) copy
-        self._resolve_names(model)
-        return self.apply_in_place(copy.deepcopy(model), alpha)
+        self._check_weight_edit()
+        alpha = check_alpha(alpha)
+        names = self._resolve_names(model)
+        return self._add_into(copy.deepcopy(model), names, alpha)
 
     # ---- persistence -----------------------------------------------------------------------------------------
     def _payload(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -165,7 +223,8 @@ class TaskVector:
             tensors[f"{_LORA_B}{n}"], tensors[f"{_LORA_A}{n}"] = b, a
         return tensors, meta
 
-    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the vector atomically; an existing ``path`` is refused unless ``overwrite=True``."""
         return save_artifact(path, *self._payload(), overwrite=overwrite)
 
     def writer(self):
@@ -175,6 +234,8 @@ class TaskVector:
     @classmethod
     def load(cls, path: str | Path, base_fingerprint: str | None = None, model: nn.Module | None = None
              ) -> "TaskVector":
+        """Read a saved vector; ``base_fingerprint`` / ``model`` (its current weights are hashed) refuse a vector of
+        another base model, and ``model`` also names, shapes that it lacks."""
         tensors, meta = load_artifact(path, kind="task_vector")
         require_meta(meta, path, base_fingerprint=str, vector_kind=str)
         if base_fingerprint is not None:
@@ -188,8 +249,10 @@ class TaskVector:
                                   "corrupt task vector")
         factors = {n: (tensors.pop(_LORA_B + n), tensors.pop(_LORA_A + n)) for n in sorted(b_names)}
         tv = cls(tensors, meta["base_fingerprint"], meta.get("vector_kind", "nonlinear"), extra, factors or None)
-        if model is not None:
-            tv.check_against(model, meta["base_fingerprint"] if base_fingerprint is None else base_fingerprint)
+        if model is not None:  # the model's own weights, hashed now: a vector of another model is refused
+            model_fp = fingerprint(model)
+            check_base(meta, model_fp, path)
+            tv.check_against(model, model_fp)
         for n, t in tensors.items():
             if not torch.isfinite(t).all():
                 raise DeltaMergeError(f"{path}: parameter '{n}' contains NaN or inf")

@@ -23,6 +23,9 @@ _SHARED = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
 _CLASS_EMBEDDINGS = ("cls_token", "class_embedding")  # leaf names of class-token parameters (ViT, CLIP)
 
 
+_MISSING_ARG = re.compile(r"missing \d+ required (positional|keyword-only) argument|unexpected keyword argument")
+
+
 def default_call(model: nn.Module, inputs: Inputs) -> Any:
     """Run ``model`` on a batch: the encoder of an encoder-decoder and the base model of a model with a task head;
     a dict as keyword arguments, a tensor positionally; ``return_dict=True`` for transformers models."""
@@ -133,7 +136,15 @@ class WrappedModel(Backbone):
 
     # ---- running the model -------------------------------------------------------------------------------
     def forward(self, inputs: Inputs) -> Tensor:
-        feats = self._features(self._call(self.model, inputs), inputs)
+        try:
+            output = self._call(self.model, inputs)
+        except TypeError as exc:  # a forward that needs more than the batch (an extra argument)
+            if self._call is not default_call or not _MISSING_ARG.search(str(exc)):
+                raise
+            raise DeltaMergeError(f"{self.name}: the model's forward cannot run on the batch alone ({exc}): pass "
+                                  "deltamerge.wrap(model, call=lambda model, inputs: model(inputs, ...)) to say how "
+                                  "it is called") from None
+        feats = self._features(output, inputs)
         if not isinstance(feats, Tensor) or feats.dim() != 2:
             shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
             raise DeltaMergeError(f"features of {self.name} must be a [B, D] tensor, got {shape}")

@@ -134,7 +134,7 @@ def estimate_dense_blocks(backbone: "Backbone", reference: Inputs, cfg: "Curvatu
     ``feature_transform`` and ``device``."""
     from deltamerge.curvature.reference import subsample
     from deltamerge.curvature.sharded import shard_reference
-    from deltamerge.distributed import all_reduce_tensors_, is_main
+    from deltamerge.distributed import all_reduce_tensors_, is_main, show_progress
 
     groups = dense_groups(backbone) if groups is None else groups
     if not groups:
@@ -166,7 +166,7 @@ def estimate_dense_blocks(backbone: "Backbone", reference: Inputs, cfg: "Curvatu
         for p in backbone.parameters():
             p.requires_grad_(False)
         for start in tqdm(range(0, rows, cfg.batch_size), desc="dense curvature blocks",
-                          disable=not (cfg.progress and is_main())):
+                          disable=not show_progress(cfg.progress)):
             x = to_device(take(shard, torch.arange(start, min(start + cfg.batch_size, rows))), device)
             b = num_rows(x)
             if exact:

@@ -11,6 +11,7 @@ pyproject.toml; the brute-force GGN tests in tests/test_curvature.py catch any c
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deltamerge.artifacts import fingerprint
-from deltamerge.distributed import is_main
+from deltamerge.distributed import show_progress
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature
@@ -30,6 +31,20 @@ from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.feature_space import output_transform_hook
 from deltamerge.lazy import is_token_inputs
+
+
+#: torch ≥ 2.10 warns that ``torch.jit.script`` is deprecated (a DeprecationWarning or FutureWarning, by version)
+#: when curvlinops imports linear_operator, which scripts a few functions at import time: not the user's concern
+_JIT_SCRIPT_WARNING = r"`torch\.jit\.script` is deprecated"
+
+
+def _curvlinops() -> tuple[type, type]:
+    """curvlinops' EK-FAC and KFAC operators, imported with (only) torch's ``torch.jit.script`` deprecation warning
+    silenced, where it comes from."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_SCRIPT_WARNING)
+        from curvlinops import EKFACLinearOperator, KFACLinearOperator
+    return EKFACLinearOperator, KFACLinearOperator
 
 
 def _eigvecs(factor: Tensor, jitter: float) -> Tensor:
@@ -62,6 +77,26 @@ class _Batches:
             yield x, torch.zeros(len(idx), self.feature_dim, device=self.device)  # MSE targets: unused by the GGN
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
+_EXTRA_DICTS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
+
+def _hook_keys(model: nn.Module) -> dict[int, set[int]]:
+    """The forward (pre-)hook ids each submodule holds now."""
+    return {id(m): {k for d in _HOOK_DICTS for k in getattr(m, d, {})} for m in model.modules()}
+
+
+def _remove_new_hooks(model: nn.Module, before: dict[int, set[int]]) -> None:
+    """Remove the forward (pre-)hooks registered since ``before`` (torch keys every hook dict by the handle id, as
+    ``RemovableHandle.remove`` does)."""
+    for m in model.modules():
+        old = before.get(id(m), set())
+        for d in _HOOK_DICTS + _EXTRA_DICTS:
+            hooks = getattr(m, d, None)
+            for k in [k for k in (hooks or {}) if k not in old]:
+                hooks.pop(k, None)
+
+
 def _resolve_modules(backbone: Backbone, modules: list[str] | None) -> list[str]:
     names = backbone.curvature_modules() if modules is None else modules
     for name in names:
@@ -79,8 +114,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     ``data_sources.as_inputs`` accepts), for ``modules``
     (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes.
     ``cfg.dense_blocks``: also a dense GGN block per LayerNorm / class embedding (curvature/dense_blocks.py)."""
-    from curvlinops import EKFACLinearOperator, KFACLinearOperator
-
+    EKFACLinearOperator, KFACLinearOperator = _curvlinops()
     from deltamerge.data_sources import as_inputs
     from deltamerge.model import as_backbone
 
@@ -113,9 +147,10 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     approx = cfg.kfac_approx if cfg.kfac_approx != "auto" else ("reduce" if is_dict else "expand")
     masks = MaskHolder() if is_dict and cfg.mask_padding else None
     data = _Batches(shard_reference(reference), cfg.batch_size, device, backbone.feature_dim, masks)  # N stays global
+    before = _hook_keys(backbone)  # curvlinops removes its hooks only when a pass completes
     op_cls = EKFACLinearOperator if cfg.kind == "ekfac" else KFACLinearOperator
     op_cls = masked_operator(op_cls) if masks is not None else op_cls
-    op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=cfg.progress and is_main(),
+    op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=show_progress(cfg.progress),
                 check_deterministic=False, seed=probe_seed(cfg.seed),
                 fisher_type="type-2" if cfg.probes == "exact" else "mc",
                 mc_samples=1 if cfg.probes == "exact" else cfg.mc_samples, kfac_approx=approx,
@@ -137,6 +172,9 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
             broadcast_eigenbases(op)
             op.compute_eigenvalue_correction()
             all_reduce_corrections(op)
+    except BaseException:  # a failed estimate leaves the model usable: curvlinops' forward hooks go with it
+        _remove_new_hooks(backbone, before)
+        raise
     finally:
         if hook is not None:
             hook.remove()

@@ -29,7 +29,7 @@ from deltamerge.errors import DeltaMergeError
 from deltamerge.feature_space import common_transform, vector_transform
 from deltamerge.linearize import FunctionalModel, base_features
 from deltamerge.model import as_backbone
-from deltamerge.taskvector import TaskVector
+from deltamerge.taskvector import TaskVector, check_alpha, check_representable
 
 Reduce = Callable[[Tensor], Tensor]
 
@@ -64,12 +64,33 @@ class Evaluator:
         backbone = as_backbone(backbone, sample=lambda: data.subset(torch.arange(min(len(data), 2))).inputs)
         return backbone.to(self.device).eval(), data
 
+    @staticmethod
+    def _check_vectors(backbone: Backbone, vectors: list[TaskVector], scales: list[float]) -> None:
+        """Refuse vectors of another base model (or a backbone edited in place: the fingerprint is hashed from the
+        current weights), and NaN / inf / overflowing scales — a wrong number is never returned silently."""
+        from deltamerge.artifacts import fingerprint
+
+        if not vectors:
+            return
+        fp = fingerprint(backbone)
+        for tv in vectors:
+            if tv.base_fingerprint != fp:
+                raise DeltaMergeError(f"the task vector was made for base model {tv.base_fingerprint}, but the "
+                                      f"evaluated model is {fp}: wrong base model (a vector of another model, or a "
+                                      "model edited in place; evaluate with the untouched base model)")
+        params = dict(backbone.named_parameters())
+        biggest = max((abs(check_alpha(a)) for a in scales), default=0.0)
+        for tv in vectors:
+            check_representable(params, tv.deltas, biggest)
+
     @torch.no_grad()
     def features_along(self, backbone: Backbone, data: ArrayDataset, tv: TaskVector | None, alphas: list[float]
                        ) -> dict[float, Tensor]:
         """{α: g(x; θ0 + α·τ) [N, D]} for every example, in the feature space ``tv`` was trained in (θ0 alone, f
         itself, when ``tv`` is None)."""
         backbone, data = self._ready(backbone, data)
+        if tv is not None:
+            self._check_vectors(backbone, [tv], list(alphas))
         if tv is None:
             feats = base_features(backbone, data, self.batch_size, self.device)
             return {a: feats for a in alphas}
@@ -91,9 +112,15 @@ class Evaluator:
     def predictions_along(self, backbone: Backbone, data: ArrayDataset, head: Head, tv: TaskVector | None,
                           alphas: list[float]) -> dict[float, Tensor]:
         """{α: φ(g(x; θ0 + α·τ))}: the head's predicted class per example."""
+        from deltamerge.heads import check_head_classes
+
         feats = self.features_along(backbone, data, tv, alphas)
         head = head.to("cpu")
-        return {a: head(f).argmax(-1) for a, f in feats.items()}
+        logits = {a: head(f) for a, f in feats.items()}
+        labels = as_dataset(data, what="evaluation data").labels
+        for out in logits.values():  # a head with fewer classes than the labels would give a silent wrong accuracy
+            check_head_classes(out, labels)
+        return {a: out.argmax(-1) for a, out in logits.items()}
 
     def accuracy_along(self, backbone: Backbone, data: ArrayDataset, head: Head, tv: TaskVector | None,
                        alphas: list[float]) -> dict[float, float]:
@@ -139,6 +166,8 @@ class Evaluator:
             raise DeltaMergeError(f"every coefficient row needs {len(vectors)} entries (one per task vector)")
         reduce = reduce or (lambda f: f)
         backbone, data = self._ready(backbone, data)
+        self._check_vectors(backbone, list(vectors), [sum(abs(check_alpha(ci, "coefficient")) for ci in c)
+                                                      for c in coeffs])
         transform = transform or common_transform(vectors)
         if not vectors:
             feats = base_features(backbone, data, self.batch_size, self.device, transform, reduce)

@@ -92,7 +92,8 @@ def write_report(run_dir: str | Path) -> Path:
     timing = ", ".join(f"{k} {v:g}" for k, v in res.get("timing", {}).items())
     skipped = "".join(f"\n- regime `{r}` skipped: {why}" for r, why in res.get("skipped", {}).items())
     skipped = f"\n{skipped}" if skipped else ""
-    text = f"""# deltamerge report: {res['suite']} ({res['preset']} preset)
+    where = f"YAML suite {Path(res['suite_file']).name}" if res.get("suite_file") else f"{res['preset']} preset"
+    text = f"""# deltamerge report: {res['suite']} ({where})
 
 Backbone `{res['backbone']}` (θ0 fingerprint `{res['base_fingerprint']}`), tasks: {', '.join(res['tasks'])}.
 Merge method: {res['merge_method']}{_params_note(res)}{_extra_note(res)}. Accuracies in %, on test splits; α chosen on validation splits.

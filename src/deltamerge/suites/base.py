@@ -20,6 +20,8 @@ class Suite:
     control_name: str = ""
     reference_description: str = ""
     options_model: type[BaseModel] | None = None  # the suite's options (RunConfig.suite_options), if it takes any
+    #: the file the suite's settings come from when it has no quick / full presets (a YAML suite), else None
+    settings_file: str | None = None
 
     def __init__(self, options: dict | None = None) -> None:
         if self.options_model is None:

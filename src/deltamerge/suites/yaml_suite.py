@@ -27,7 +27,7 @@ from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, CurvatureConfig, EvalConfig, read_yaml, recipe_config
 from deltamerge.config.shared import Strict
 from deltamerge.data import ArrayDataset, Inputs, Task
-from deltamerge.errors import DeltaMergeError
+from deltamerge.errors import DeltaMergeError, validation_message
 from deltamerge.heads import few_shot_head
 from deltamerge.model import WrappedModel
 from deltamerge.suites.base import Suite
@@ -49,6 +49,24 @@ class SuiteSpec(Strict):
     eval: Optional[EvalConfig] = None
 
 
+#: what a missing required key is for (docs/yaml_suites.md): the message says why it cannot be left out
+REQUIRED_WHY = {
+    "control": "the negation protocol keeps the accuracy on a control task (one no vector is trained on) while "
+               "lowering a task's; add `control: {name: ..., train: ..., test: ...}` (same fields as a task)",
+    "reference": "the curvature is estimated on unlabelled reference inputs; add `reference: {source: ...}`",
+    "tasks": "list at least one task", "model": "add `model: {id: ...}`", "name": "add `name: ...`",
+}
+
+
+def _spec_error(path: Path, exc: ValidationError) -> str:
+    """One line: a missing top-level key named with why it is required, else pydantic's errors by key."""
+    missing = [e["loc"][0] for e in exc.errors() if e.get("type") == "missing" and len(e.get("loc", ())) == 1]
+    if missing:
+        key = str(missing[0])
+        return f"invalid suite file {path}: '{key}:' is required: {REQUIRED_WHY.get(key, 'add it')}"
+    return f"invalid suite file {path}: " + validation_message(exc)
+
+
 class YamlSuiteOptions(Strict):
     file: str  # the suite's YAML file
 
@@ -62,10 +80,11 @@ class YamlSuite(Suite):
     def __init__(self, options: dict | None = None) -> None:
         super().__init__(options)
         self.path = Path(self.options.file).expanduser().resolve()
+        self.settings_file = str(self.path)  # no presets: every setting comes from the file
         try:
             self.spec = SuiteSpec.model_validate(read_yaml(self.path))
         except ValidationError as exc:
-            raise DeltaMergeError(f"invalid suite file {self.path}:\n{exc}") from None
+            raise DeltaMergeError(_spec_error(self.path, exc)) from None
         names = [t.name for t in self.spec.tasks]
         if len(set(names)) != len(names) or self.spec.control.name in names:
             raise DeltaMergeError(f"{self.path}: task and control names must be distinct ({names}, "

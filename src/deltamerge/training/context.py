@@ -35,7 +35,8 @@ class TrainContext:
             what = "training inputs" if kind == "inputs" else "KFAC curvature files"
             raise DeltaMergeError(f"regime '{regime}' needs the other tasks' {what}: it regularizes a task against "
                                   "the other tasks to be merged, so it needs at least one other task (use "
-                                  "`deltamerge run`, or `deltamerge finetune --others TASKS`)")
+                                  "`deltamerge run`, `deltamerge finetune --others TASKS`, or in Python "
+                                  "finetune(..., others={task: data}))")
 
     def signature(self) -> dict:
         """JSON-able identity of what was handed over: other task names with their sizes / curvature hashes."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, take
 from deltamerge.data_sources import as_dataset
 from deltamerge.errors import DeltaMergeError
-from deltamerge.heads import check_frozen_head
+from deltamerge.heads import check_frozen_head, check_head_fits
 from deltamerge.feature_space import check_feature_space
 from deltamerge.linearize import FunctionalModel
 from deltamerge.model import as_backbone
@@ -156,6 +155,8 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTra
     base_fp = fingerprint(backbone)
     backbone.to(device).eval()
     head = head.to(device) if head is not None else None  # preference regimes have no head
+    if regime_cls.needs_head and isinstance(getattr(data, "labels", None), Tensor):
+        check_head_fits(head, backbone.feature_dim, data.labels, device)
     if curvature is not None:
         if curvature.base_fingerprint != base_fp:
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
@@ -181,7 +182,7 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTra
     found = dist.all_agree(resume and ckpt is not None and ckpt.exists(), f"the checkpoint {ckpt}")
     start = trainer.load(ckpt) if found else 0
     batches = index_stream(len(data), cfg.batch_size, cfg.seed, start)
-    show = cfg.progress and not os.environ.get("DELTAMERGE_NO_PROGRESS") and dist.is_main()
+    show = dist.show_progress(cfg.progress)
     bar = tqdm(range(start, cfg.steps), desc=f"{regime_name}:{(meta or {}).get('task', '')}", disable=not show,
                leave=False, initial=start, total=cfg.steps)
     logs: dict[str, float] = {}
