@@ -1,6 +1,7 @@
 """The merge-method contract and registry: ``register(name, Params, impl)`` once per method, in the method's file
 (``Params``: its parameter model, declared torch-free in ``config/merge.py``). Every module of this package is
-imported by ``merging/__init__.py``, so a new method is one new file (plus its parameter model and its test)."""
+imported by ``merging/__init__.py``, so a new method is one new file here, plus its parameter model in
+``config/merge.py`` (a method without parameters adds its name to ``NoParams``' declaration) and its test."""
 
 from __future__ import annotations
 
