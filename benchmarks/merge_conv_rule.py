@@ -15,6 +15,7 @@ from deltamerge import rundir
 from deltamerge.artifacts import fingerprint
 from deltamerge.config import RunConfig
 from deltamerge.evaluation import protocols
+from deltamerge.config.merge import IsoCParams, TSVParams
 from deltamerge.merging.base import register
 from deltamerge.merging.isoc import IsoC
 from deltamerge.merging.tsv import TaskSingularVectors
@@ -23,20 +24,24 @@ from deltamerge.suites import get_suite
 from deltamerge.taskvector import TaskVector
 
 
-@register
 class TSVFlat(TaskSingularVectors):
-    name = "tsv-svd-conv"
+    """TSV-M with conv kernels merged as [out, in·k·k] matrices (the rule is this class's, not a parameter)."""
 
-    def __init__(self, **_declared) -> None:  # get_method passes the declared defaults; the rule is this class's
-        super().__init__(conv_kernels="svd")
+    def setup(self) -> None:
+        super().setup()
+        self.set_conv_kernels("svd")
 
 
-@register
 class IsoCFlat(IsoC):
-    name = "isoc-svd-conv"
+    """Iso-C with conv kernels merged as [out, in·k·k] matrices."""
 
-    def __init__(self, **_declared) -> None:  # get_method passes the declared defaults; the rule is this class's
-        super().__init__(conv_kernels="svd")
+    def setup(self) -> None:
+        super().setup()
+        self.set_conv_kernels("svd")
+
+
+register("tsv-svd-conv", TSVParams, TSVFlat)
+register("isoc-svd-conv", IsoCParams, IsoCFlat)
 
 
 def main() -> None:

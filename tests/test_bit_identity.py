@@ -91,12 +91,14 @@ def one_thread():
 
 
 def _pipeline_hashes(tmp_path: Path, suite: str, regimes: list[str], train: dict, **run) -> dict[str, str]:
-    from deltamerge.config import DiagnosticsConfig, RunConfig
+    from deltamerge.config import DiagnosticsConfig, EvalConfig, RunConfig
     from deltamerge.pipeline import run as run_pipeline
 
     out = tmp_path / "run"
-    cfg = RunConfig(suite=suite, regimes=regimes, out=out, train=train,
-                    diagnostics=DiagnosticsConfig(enabled=False), **run)
+    # the smallest evaluation (it never touches τ): one α, no per-method grids, no diagnostics
+    cfg = RunConfig(suite=suite, regimes=regimes, out=out, train=train, diagnostics=DiagnosticsConfig(enabled=False),
+                    eval=EvalConfig(alpha_grid=[1.0], alpha_grids={}, negation_grid=[1.0], max_eval_examples=64),
+                    **run)
     run_pipeline(cfg)
     return run_dir_hashes(out / "vectors")
 

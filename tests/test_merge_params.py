@@ -59,13 +59,24 @@ def test_unknown_or_invalid_parameter_is_one_clear_error():
         get_method("ties", density=1.5)
 
 
-def test_params_table_matches_the_registry_and_constructor_defaults():
+def test_params_table_matches_the_registry_and_defaults_live_in_params_only():
     assert set(METHODS) == set(MERGE_PARAMS)
     for name, cls in METHODS.items():
-        assert cls.Params is MERGE_PARAMS[name]
+        assert cls.Params is MERGE_PARAMS[name] and cls.name == name
+        # the constructor repeats no default: it takes the Params model (or a mapping), nothing with a value
         sig = inspect.signature(cls.__init__).parameters
-        for field, info in cls.Params.model_fields.items():
-            assert sig[field].default == info.default, (name, field)
+        assert all(p.default is None for n, p in sig.items() if n != "self"), (name, sig)
+        assert cls().params == cls.Params() == get_method(name).params
+
+
+def test_register_refuses_a_model_other_than_the_declared_one():
+    from deltamerge.config.merge import NoParams, TiesParams
+    from deltamerge.merging import register
+    from deltamerge.merging.ties import Ties
+
+    with pytest.raises(TypeError, match="declares TiesParams"):
+        register("ties", NoParams, Ties)
+    assert METHODS["ties"] is Ties and Ties.Params is TiesParams
 
 
 def test_merge_params_from_yaml(tmp_path):

@@ -191,7 +191,7 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
         names = [task, *names]
     loaded = s.tasks(preset, names)
     if regime_cls.needs_others:
-        context = OtherTasks(s, backbone, loaded, preset, out.parent / "task_curvature").context(
+        context = OtherTasks(s, backbone, loaded, preset, out.parent / rundir.TASK_CURVATURE).context(
             regime_cls.needs_others, task)
     t = loaded[task]
     vecs = train(backbone, s.head(backbone, t), t.train, cfg, curv, checkpoint=ckpt, resume=resume,

@@ -8,14 +8,13 @@ size and curvature configuration.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
-from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig, config_hash
 from deltamerge.curvature import Curvature, estimate_curvature
+from deltamerge.curvature.cache import load_or_estimate
 from deltamerge.data import Inputs, Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.suites.base import Suite
@@ -67,18 +66,9 @@ class OtherTasks:
         cfg = self.suite.task_curvature_config(self.preset)
         want = {"config_hash": config_hash(cfg), "task": name, "num_rows": len(task.train)}
         path = self.cache_dir / f"{name}.kfac.safetensors"
-        curv = None
-        if path.exists():
-            curv = Curvature.load(path, fingerprint(self.backbone), dict(self.backbone.named_parameters()))
-            if any(curv.meta.get(k) != v for k, v in want.items()):
-                curv = None
-            else:
-                self.log(f"task curvature: reusing {path}")
-        if curv is None:
-            self.log(f"task curvature: KFAC ({cfg.probes}) on the training inputs of {name}")
-            t0 = time.perf_counter()
-            curv = task_kfac(self.backbone, task.train.inputs, cfg)
-            curv.meta.update({**want, "seconds": round(time.perf_counter() - t0, 2)})
-            curv.save(path)
+        curv = load_or_estimate(path, self.backbone, lambda: task_kfac(self.backbone, task.train.inputs, cfg),
+                                want, lambda meta: None if any(meta.get(k) != v for k, v in want.items())
+                                else f"task curvature: reusing {path}", self.log,
+                                f"task curvature: KFAC ({cfg.probes}) on the training inputs of {name}")
         self._kfac[name] = curv
         return curv

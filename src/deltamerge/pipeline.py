@@ -24,7 +24,8 @@ from deltamerge.evaluation import protocols
 from deltamerge.merging import MergeMethod, get_method
 from deltamerge.other_tasks import OtherTasks
 from deltamerge.safeio import atomic_write_text as write_text
-from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
+from deltamerge.stages import (load_or_build_heads, load_or_estimate_curvature, load_or_train, log,
+                              wants_dense_blocks)
 from deltamerge.suites import get_suite
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
@@ -138,14 +139,13 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
         raise DeltaMergeError(f"none of the regimes {cfg.regimes} applies to suite {suite.name}: "
                               + "; ".join(f"{r}: {w}" for r, w in skipped.items()))
     check_batch_plan(suite, cfg, tasks, regimes)  # every regime × task can split its batch: before any training
-    others = OtherTasks(suite, backbone, tasks, cfg.preset, out / "task_curvature", log)
+    others = OtherTasks(suite, backbone, tasks, cfg.preset, out / rundir.TASK_CURVATURE, log)
     timing: dict[str, float] = {}
     curvature = None
     if any(get_regime(r).needs_curvature for r in regimes):
         t0 = time.perf_counter()
         # one curvature serves every regime: with dense blocks when a DELTA config asks for them (dense_norm_blocks)
-        dense = any(getattr(train_config(suite, cfg, r), "dense_norm_blocks", False) for r in regimes
-                    if get_regime(r).needs_curvature)
+        dense = wants_dense_blocks(train_config(suite, cfg, r) for r in regimes if get_regime(r).needs_curvature)
         curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense)
         timing["curvature_s"] = round(time.perf_counter() - t0, 2)
     eval_cfg = cfg.eval or suite.eval_config(cfg.preset)

@@ -7,6 +7,7 @@ them.
     RUN/vectors/REGIME/TASK.ROLE.safetensors     any other role (DELTA's linearized teacher)
     RUN/vectors/REGIME/TASK.checkpoint.safetensors  while training; replaced by the vectors when done
     RUN/vectors/REGIME/TASK.log.jsonl (+ TASK.tb/)  per-step training logs (training/logs.py)
+    RUN/task_curvature/TASK.kfac.safetensors    each task's KFAC (TAK's other tasks, other_tasks.py)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ DIAGNOSTICS_FORMAT = 1
 HEADS = "heads.safetensors"
 CURVATURE = "curvature.safetensors"
 VECTORS = "vectors"
+TASK_CURVATURE = "task_curvature"  # folder of the per-task KFAC files (run, tuning search, beside a finetune output)
 SUFFIX = ".safetensors"
 
 

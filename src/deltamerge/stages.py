@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Iterable
 
 from deltamerge import distributed as dist
 from deltamerge import rundir
@@ -12,6 +13,7 @@ from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, CurvatureConfig, RunConfig, config_hash
 from deltamerge.curvature import Curvature, estimate_curvature
+from deltamerge.curvature.cache import load_or_estimate
 from deltamerge.data import Task
 from deltamerge.run_guard import commit_vectors, resolve_checkpoint
 from deltamerge.suites.base import Suite
@@ -35,6 +37,12 @@ def run_curvature_config(suite: Suite, run: RunConfig) -> CurvatureConfig:
     return run.curvature.model_copy(update={"feature_transform": default.feature_transform})
 
 
+def wants_dense_blocks(cfgs: Iterable[BaseTrainConfig]) -> bool:
+    """Whether one of ``cfgs`` (the configurations one curvature serves) trains with DELTA's dense LayerNorm /
+    class-embedding blocks (``dense_norm_blocks``): then the curvature must hold them."""
+    return any(getattr(c, "dense_norm_blocks", False) for c in cfgs)
+
+
 def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path,
                                dense_blocks: bool = False) -> Curvature:
     """The run's reference curvature, estimated once and reused while its config and reference set are unchanged.
@@ -43,35 +51,35 @@ def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig,
     cfg = run_curvature_config(suite, run)
     if dense_blocks and not cfg.dense_blocks:
         cfg = cfg.model_copy(update={"dense_blocks": True})
-    params = dict(backbone.named_parameters())
-    if path.exists():
-        curv = Curvature.load(path, fingerprint(backbone), params)
-        # the same estimator on another reference set (a suite option) is not reusable
-        same_reference = curv.meta.get("reference", suite.reference_description) == suite.reference_description
-        if curv.meta.get("config_hash") == config_hash(cfg) and same_reference:
-            log(f"curvature: reusing {path}")
-            return curv
-        with_blocks = cfg.model_copy(update={"dense_blocks": True})
-        if not cfg.dense_blocks and same_reference and curv.meta.get("config_hash") == config_hash(with_blocks):
-            log(f"curvature: reusing {path} (its dense blocks unused: no dense_norm_blocks here)")
-            return curv  # training drops the blocks unless its config has dense_norm_blocks (training/loop.py)
-        without = cfg.model_copy(update={"dense_blocks": False})
-        if cfg.dense_blocks and same_reference and curv.meta.get("config_hash") == config_hash(without):
-            from deltamerge.curvature.dense_blocks import with_dense_blocks
+    with_blocks = cfg.model_copy(update={"dense_blocks": True})
+    without = cfg.model_copy(update={"dense_blocks": False})
 
-            log(f"curvature: adding dense LayerNorm / class-embedding blocks to {path}")
-            t0 = time.perf_counter()
-            curv = with_dense_blocks(curv, backbone, suite.reference(run.preset), cfg)
-            curv.meta.update({"config_hash": config_hash(cfg), "dense_seconds": round(time.perf_counter() - t0, 2)})
-            curv.save(path)
-            return curv
-    log(f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — {suite.reference_description}")
-    t0 = time.perf_counter()
-    curv = estimate_curvature(backbone, suite.reference(run.preset), cfg)
-    curv.meta.update({"config_hash": config_hash(cfg), "seconds": round(time.perf_counter() - t0, 2),
-                      "reference": suite.reference_description})
-    curv.save(path)
-    return curv
+    def same_reference(meta: dict) -> bool:  # the same estimator on another reference set (a suite option) is not
+        return meta.get("reference", suite.reference_description) == suite.reference_description  # reusable
+
+    def reuse(meta: dict) -> str | None:
+        if meta.get("config_hash") == config_hash(cfg) and same_reference(meta):
+            return f"curvature: reusing {path}"
+        if not cfg.dense_blocks and same_reference(meta) and meta.get("config_hash") == config_hash(with_blocks):
+            # training drops the blocks unless its config has dense_norm_blocks (training/loop.py)
+            return f"curvature: reusing {path} (its dense blocks unused: no dense_norm_blocks here)"
+        return None
+
+    def add_blocks(curv: Curvature) -> Curvature | None:
+        if not (cfg.dense_blocks and same_reference(curv.meta) and curv.meta.get("config_hash") == config_hash(without)):
+            return None
+        from deltamerge.curvature.dense_blocks import with_dense_blocks
+
+        log(f"curvature: adding dense LayerNorm / class-embedding blocks to {path}")
+        t0 = time.perf_counter()
+        curv = with_dense_blocks(curv, backbone, suite.reference(run.preset), cfg)
+        curv.meta.update({"config_hash": config_hash(cfg), "dense_seconds": round(time.perf_counter() - t0, 2)})
+        return curv
+
+    return load_or_estimate(path, backbone, lambda: estimate_curvature(backbone, suite.reference(run.preset), cfg),
+                            {"config_hash": config_hash(cfg), "reference": suite.reference_description}, reuse, log,
+                            f"curvature: {cfg.kind} ({cfg.probes}) on the reference set — "
+                            f"{suite.reference_description}", adapt=add_blocks)
 
 
 def load_or_build_heads(suite: Suite, backbone: Backbone, tasks: dict[str, Task], path: Path) -> dict[str, Head]:

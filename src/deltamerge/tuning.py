@@ -24,7 +24,8 @@ from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import get_method
 from deltamerge.other_tasks import OtherTasks
-from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
+from deltamerge.stages import (load_or_build_heads, load_or_estimate_curvature, load_or_train, log,
+                              wants_dense_blocks)
 from deltamerge.suites import get_suite
 from deltamerge.training import get_regime
 
@@ -91,10 +92,10 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     heads = load_or_build_heads(suite, backbone, task_map, out / rundir.HEADS)
     run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out, suite_options=suite_options or {})
     base_cfg = suite.train_config(regime, preset)
-    dense = any(getattr(with_overrides(base_cfg, p), "dense_norm_blocks", False) for p in grid_points(grid, regime))
+    dense = wants_dense_blocks(with_overrides(base_cfg, p) for p in grid_points(grid, regime))
     curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE, dense_blocks=dense)
                  if regime_cls.needs_curvature else None)
-    others = OtherTasks(suite, backbone, task_map, preset, out / "task_curvature", log)  # τJp's inputs, TAK's KFAC
+    others = OtherTasks(suite, backbone, task_map, preset, out / rundir.TASK_CURVATURE, log)  # τJp's inputs, TAK's KFAC
     ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))
     method = get_method(merge_method)
     base = base_cfg.model_dump()

@@ -1,6 +1,9 @@
-"""The parameters each merge method declares (mergekit-style: one pydantic model per method), importable without
-torch so that YAML files and the CLI are checked before anything runs. ``merging/`` attaches each model to its method
-(``MergeMethod.Params``); a test keeps this table and the method registry in step."""
+"""The parameters each merge method declares (mergekit-style: one pydantic model per method, its defaults written only
+here), importable without torch so that YAML files and the CLI are checked before anything runs. Each model registers
+itself under its method's name (``method_params``); the implementation registers with the same model
+(``merging.base.register(name, Params, impl)``, which refuses a name declared here under another model or not at
+all), so the two halves cannot drift apart. This module sits in the foundation layer (no torch), which is why the
+parameters are not in the implementation's file."""
 
 from __future__ import annotations
 
@@ -12,14 +15,30 @@ from deltamerge.config.shared import Strict
 from deltamerge.errors import DeltaMergeError
 
 
+#: method name → its parameter model (filled by ``method_params`` below; torch-free)
+MERGE_PARAMS: dict[str, type[BaseModel]] = {}
+
+
+def method_params(*names: str) -> Callable[[type[BaseModel]], type[BaseModel]]:
+    """Declare a parameter model as that of the merge method(s) ``names``."""
+    def declare(model: type[BaseModel]) -> type[BaseModel]:
+        for name in names:
+            MERGE_PARAMS[name] = model
+        return model
+    return declare
+
+
+@method_params("task-arithmetic")
 class NoParams(Strict):
     """A method without parameters."""
 
 
+@method_params("ties")
 class TiesParams(Strict):
     density: float = Field(0.2, gt=0, le=1, description="fraction of each vector's entries kept by magnitude")
 
 
+@method_params("tsv")
 class TSVParams(Strict):
     rank_fraction: Optional[float] = Field(None, gt=0, le=1, description="fraction f of each task's singular "
                                            "triplets kept per layer (None: 1/T, the paper's choice)")
@@ -28,20 +47,17 @@ class TSVParams(Strict):
         "the matrix [out, in·k·k]")
 
 
+@method_params("isoc")
 class IsoCParams(Strict):
     conv_kernels: Literal["average", "svd"] = Field(
         "average", description="conv kernels averaged (the authors' rule for every non-2-D tensor) or merged as "
         "the matrix [out, in·k·k]")
 
 
+@method_params("core", "core-isoc")
 class CoreParams(Strict):
     inner: Optional[Literal["tsv", "isoc", "task-arithmetic"]] = Field(
         None, description="layer-wise method that merges the cores (None: the method's default)")
-
-
-MERGE_PARAMS: dict[str, type[BaseModel]] = {
-    "task-arithmetic": NoParams, "ties": TiesParams, "tsv": TSVParams, "isoc": IsoCParams, "core": CoreParams,
-    "core-isoc": CoreParams}
 
 
 def check_merge_params(method: str, values: dict[str, Any], model: type[BaseModel] | None = None) -> BaseModel:

@@ -10,12 +10,13 @@ AdamW, schedule, seed, precision) plus its own groups (DELTA's β/γ/α sampling
     recipe_config(regime="nonlinear", **suite_defaults)  # a suite's recipe: keeps the fields the regime has
 
 To add a setting, add a field to the class (or group) of the regimes that read it; to add a regime, add a class with
-``regime: Literal["name"]`` here and list it in ``TrainConfig`` (a test checks the regime registry against it).
+``regime: Literal["name"]`` and register it (``regime_config``): ``REGIME_CONFIGS`` and the ``TrainConfig`` union are
+built from that registry (a test checks it against the regime registry, ``training.REGIMES``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Iterable, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
@@ -127,19 +128,32 @@ class InterferencePenalty(PenaltySchedule):
     """τJp / TAK: linear fine-tuning plus λ·(drift on the other tasks); each regime has its own λ (the authors')."""
 
 
+#: regime name → its configuration class, in registration order (each class below registers itself)
+REGIME_CONFIGS: dict[str, type[BaseTrainConfig]] = {}
+
+
+def regime_config(cls: type[BaseTrainConfig]) -> type[BaseTrainConfig]:
+    """Register a regime's configuration class under the name its ``regime: Literal[...]`` field fixes."""
+    REGIME_CONFIGS[cls.model_fields["regime"].default] = cls
+    return cls
+
+
 # ---- one class per regime ---------------------------------------------------------------------------------------------
+@regime_config
 class NonLinearConfig(Trainable, BaseTrainConfig):
     """Standard fine-tuning (Ilharco et al., 2022)."""
 
     regime: Literal["nonlinear"] = "nonlinear"
 
 
+@regime_config
 class LinearConfig(Trainable, BaseTrainConfig):
     """Tangent-space fine-tuning (Ortiz-Jimenez et al., 2023)."""
 
     regime: Literal["linear"] = "linear"
 
 
+@regime_config
 class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
     """DELTA: linearized teacher distilled into a non-linear student along the α path."""
 
@@ -148,12 +162,14 @@ class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
     dense_block_scale: float = Field(10.0, ge=0)  # with dense_norm_blocks: the dense blocks' weight (released: ×10)
 
 
+@regime_config
 class LoRAConfig(LoRASettings, Trainable, BaseTrainConfig):
     """LoRA fine-tuning (Hu et al., 2022)."""
 
     regime: Literal["lora"] = "lora"
 
 
+@regime_config
 class LoRALinearConfig(LoRASettings, Trainable, BaseTrainConfig):
     """LoRA in the tangent space (Tang et al., 2024)."""
 
@@ -162,6 +178,7 @@ class LoRALinearConfig(LoRASettings, Trainable, BaseTrainConfig):
     #                                          only B trains (Tang et al. 2024); weight: f0 + J·(s·B·A), A and B train
 
 
+@regime_config
 class DeltaLoRAConfig(LoRASettings, DeltaSettings, Trainable, BaseTrainConfig):
     """DELTA with a LoRA student and a full fine-tuning linearized teacher."""
 
@@ -172,12 +189,14 @@ class DeltaLoRAConfig(LoRASettings, DeltaSettings, Trainable, BaseTrainConfig):
     lora_linear_space: Literal["adapter", "weight"] = "adapter"  # the LoRA teacher's tangent space (as lora-linear)
 
 
+@regime_config
 class AttnOnlyConfig(BaseTrainConfig):
     """Attention-only fine-tuning (Jin et al., 2025); the trainable set is the attention projections."""
 
     regime: Literal["attn-only"] = "attn-only"
 
 
+@regime_config
 class TaLoSConfig(Trainable, BaseTrainConfig):
     """TaLoS (Iurada et al., 2025): keep the least Fisher-sensitive fraction 1 − s of the entries trainable."""
 
@@ -189,6 +208,7 @@ class TaLoSConfig(Trainable, BaseTrainConfig):
     talos_exclude_zero: bool = False  # rank only entries with a non-zero score (dead ReLU units; not in the paper)
 
 
+@regime_config
 class TauJpConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     """τJp (Yoshida et al., 2025): linear FT + λ·‖J·τ‖² on the other tasks' inputs."""
 
@@ -202,6 +222,7 @@ class TauJpConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     hash_omit_defaults: ClassVar[tuple[str, ...]] = ("taujp_reduction",)  # config_hash: absent at the default
 
 
+@regime_config
 class TAKConfig(InterferencePenalty, Trainable, BaseTrainConfig):
     """TAK: linear FT + λ·Σ τᵀ KFAC_t′ τ over the other tasks' curvatures."""
 
@@ -217,12 +238,14 @@ class DPOSettings(BaseModel):
     beta_dpo: float = Field(0.1, gt=0)
 
 
+@regime_config
 class DPOConfig(DPOSettings, Trainable, BaseTrainConfig):
     """DPO on the non-linear LM."""
 
     regime: Literal["dpo"] = "dpo"
 
 
+@regime_config
 class DPOLinearConfig(DPOSettings, Trainable, BaseTrainConfig):
     """DPO on the linearized LM f0 + J·τ."""
 
@@ -242,6 +265,7 @@ class DistilledDPOProfile(BaseModel):
         return self
 
 
+@regime_config
 class DPODistilledConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
     """Distilled DPO: a linearized DPO teacher distilled into the non-linear student along the α path (the drift
     weights β_T/β_S are read only by dpo-distilled-curvature)."""
@@ -249,12 +273,14 @@ class DPODistilledConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Traina
     regime: Literal["dpo-distilled"] = "dpo-distilled"
 
 
+@regime_config
 class DPODistilledCurvatureConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, Trainable, BaseTrainConfig):
     """Distilled DPO plus DELTA's curvature drift terms β_T·L_drift(τ_T), β_S·L_drift(τ_S)."""
 
     regime: Literal["dpo-distilled-curvature"] = "dpo-distilled-curvature"
 
 
+@regime_config
 class DPOMixedConfig(DPOSettings, Trainable, BaseTrainConfig):
     """DPO on several preference axes at once (the multi-task reference)."""
 
@@ -262,25 +288,16 @@ class DPOMixedConfig(DPOSettings, Trainable, BaseTrainConfig):
     dpo_mix_weights: Optional[list[float]] = None  # weight of each preference axis (None: all 1)
 
 
+@regime_config
 class DPOLoRAConfig(DPOSettings, LoRASettings, Trainable, BaseTrainConfig):
     """DPO with LoRA factors on the LM."""
 
     regime: Literal["dpo-lora"] = "dpo-lora"
 
 
-REGIME_CONFIGS: dict[str, type[BaseTrainConfig]] = {
-    cls.model_fields["regime"].default: cls
-    for cls in (NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig, DeltaLoRAConfig,
-                AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig, DPOConfig, DPOLinearConfig, DPODistilledConfig,
-                DPODistilledCurvatureConfig, DPOMixedConfig, DPOLoRAConfig)}
-
 #: The training configuration of any regime: validate a mapping with ``TypeAdapter(TrainConfig)`` (pydantic picks the
-#: class by ``regime``), or build one with ``train_config(regime, **fields)``.
-TrainConfig = Annotated[Union[NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig,
-                              DeltaLoRAConfig, AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig, DPOConfig,
-                              DPOLinearConfig, DPODistilledConfig, DPODistilledCurvatureConfig, DPOMixedConfig,
-                              DPOLoRAConfig],
-                        Field(discriminator="regime")]
+#: class by ``regime``), or build one with ``train_config(regime, **fields)``. Built from the registry.
+TrainConfig = Annotated[Union[tuple(REGIME_CONFIGS.values())], Field(discriminator="regime")]  # type: ignore[valid-type]
 _ADAPTER = TypeAdapter(TrainConfig)
 
 
@@ -296,7 +313,9 @@ def regimes_with(field: str) -> list[str]:
     return [r for r, cls in REGIME_CONFIGS.items() if field in cls.model_fields]
 
 
-def _check_fields(regime: str, fields: dict[str, Any]) -> None:
+def check_fields_apply(regime: str, fields: Iterable[str]) -> None:
+    """Every name in ``fields`` is a setting of ``regime`` (the one place this is checked: Python, YAML ``train:``
+    sections, CLI flags); otherwise one error naming the regimes that have it."""
     cls = config_class(regime)
     for name in fields:
         if name not in cls.model_fields:
@@ -310,7 +329,7 @@ def parse_train_config(data: dict[str, Any]) -> BaseTrainConfig:
     regime = data.get("regime")
     if regime is None:
         raise DeltaMergeError(f"a training configuration needs 'regime' (one of: {', '.join(sorted(REGIME_CONFIGS))})")
-    _check_fields(str(regime), data)
+    check_fields_apply(str(regime), data)
     # The regime's own class (not the union), so that errors locate fields by their own names (the CLI turns those
     # into its flags, a YAML loader into the file's keys: InvalidSettings keeps the ValidationError for them).
     try:

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from deltamerge.config.curvature import CurvatureConfig
 from deltamerge.config.merge import check_merge_params
-from deltamerge.config.regimes import config_class, regimes_with
+from deltamerge.config.regimes import check_fields_apply
 from deltamerge.config.shared import Strict
 from deltamerge.errors import DeltaMergeError
 
@@ -94,14 +94,9 @@ class RunConfig(Strict):
         """Each regime's overrides name settings that regime has (checked when the file is read)."""
         for regime, fields in v.items():
             try:
-                known = config_class(regime).model_fields
+                check_fields_apply(regime, fields)
             except DeltaMergeError as exc:
                 raise ValueError(str(exc)) from None
-            for name in fields:
-                if name not in known:
-                    owners = regimes_with(name)
-                    where = f"it belongs to: {', '.join(owners)}" if owners else "no regime has it"
-                    raise ValueError(f"training setting '{name}' does not apply to regime '{regime}' ({where})")
         return v
 
     @field_validator("merge_params")

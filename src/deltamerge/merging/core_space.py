@@ -23,7 +23,7 @@ from torch import Tensor
 
 from deltamerge.config.merge import CoreParams
 from deltamerge.errors import DeltaMergeError
-from deltamerge.merging.base import get_method, register
+from deltamerge.merging.base import get_method, given, register
 from deltamerge.merging.layerwise import LayerwiseMethod, working_dtype
 from deltamerge.taskvector import TaskVector
 
@@ -42,22 +42,21 @@ def core_merge(bs: list[Tensor], as_: list[Tensor], inner: LayerwiseMethod) -> T
     return u_b @ inner.merge_matrix(cores) @ v_a.T
 
 
-@register
 class CoreSpace(LayerwiseMethod):
     """Core Space (LoRA vectors): merge the adapters' cores in a shared basis with TSV-M (DELTA's Table 4 best)."""
 
-    name = "core"
-    Params = CoreParams
     inner_default = "tsv"
 
-    def __init__(self, inner: str | None = None) -> None:
-        self.inner_name = inner or self.inner_default
-        method = get_method(self.inner_name)
+    def __init__(self, params: CoreParams | dict | None = None, inner: str | None = None) -> None:
+        """``CoreSpace(inner="isoc")`` is short for ``CoreSpace({"inner": "isoc"})``."""
+        values = given(params, inner=inner)
+        self.inner_name = values.get("inner") or self.inner_default
+        method = get_method(self.inner_name)  # checked first: its error names what Core Space needs
         if not isinstance(method, LayerwiseMethod) or isinstance(method, CoreSpace):
             raise DeltaMergeError(f"Core Space needs a layer-wise inner method (tsv, isoc, task-arithmetic), "
                                   f"not '{self.inner_name}'")
         self.inner = method
-        self.params = self.check_params({"inner": inner})
+        super().__init__(values)
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return self.inner.merge_matrix(mats)
@@ -88,9 +87,11 @@ class CoreSpace(LayerwiseMethod):
         return TaskVector(deltas, first.base_fingerprint, first.kind, meta)
 
 
-@register
 class CoreSpaceIsoC(CoreSpace):
     """Core Space with Iso-C merging the cores (DELTA's Table 4 row "Core + Iso-C")."""
 
-    name = "core-isoc"
     inner_default = "isoc"
+
+
+register("core", CoreParams, CoreSpace)
+register("core-isoc", CoreParams, CoreSpaceIsoC)

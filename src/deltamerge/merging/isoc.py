@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from deltamerge.config.merge import IsoCParams
-from deltamerge.merging.base import register
+from deltamerge.merging.base import given, register
 from deltamerge.merging.layerwise import LayerwiseMethod
 
 
@@ -27,17 +27,17 @@ def isotropic(mat: Tensor) -> Tensor:
     return s.mean() * (u @ vh)
 
 
-@register
 class IsoC(LayerwiseMethod):
     """Iso-C: the summed update with its spectrum flattened to the mean singular value, per layer."""
 
-    name = "isoc"
+    def __init__(self, params: IsoCParams | dict | None = None, conv_kernels: str | None = None) -> None:
+        super().__init__(given(params, conv_kernels=conv_kernels))
 
-    Params = IsoCParams
-
-    def __init__(self, conv_kernels: str = "average") -> None:
-        self.params = self.check_params({"conv_kernels": conv_kernels})
+    def setup(self) -> None:
         self.set_conv_kernels(self.params.conv_kernels)
 
     def merge_matrix(self, mats: list[Tensor]) -> Tensor:
         return isotropic(torch.stack(mats).sum(0))
+
+
+register("isoc", IsoCParams, IsoC)

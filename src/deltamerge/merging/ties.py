@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from deltamerge.config.merge import TiesParams
-from deltamerge.merging.base import MergeMethod, register
+from deltamerge.merging.base import MergeMethod, given, register
 from deltamerge.taskvector import TaskVector
 
 
@@ -28,15 +28,13 @@ def ties_merge(stacked: torch.Tensor, density: float) -> torch.Tensor:
     return (trimmed * agree).sum(0) / count
 
 
-@register
 class Ties(MergeMethod):
     """TIES: trim each vector to its top-density magnitudes, elect signs, average the agreeing entries."""
 
-    name = "ties"
-    Params = TiesParams
+    def __init__(self, params: TiesParams | dict | None = None, density: float | None = None) -> None:
+        super().__init__(given(params, density=density))
 
-    def __init__(self, density: float = 0.2) -> None:
-        self.params = self.check_params({"density": density})
+    def setup(self) -> None:
         self.density = self.params.density
 
     def merge(self, vectors: list[TaskVector]) -> TaskVector:
@@ -47,3 +45,6 @@ class Ties(MergeMethod):
         deltas = {n: chunk.view_as(vectors[0].deltas[n]) for n, chunk in zip(names, merged.split(sizes))}
         return TaskVector(deltas, vectors[0].base_fingerprint, vectors[0].kind,
                           {"method": self.name, "density": self.density})
+
+
+register("ties", TiesParams, Ties)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from deltamerge.config.merge import TSVParams
-from deltamerge.merging.base import register
+from deltamerge.merging.base import given, register
 from deltamerge.merging.layerwise import LayerwiseMethod
 
 
@@ -45,15 +45,14 @@ def tsv_merge(mats: list[Tensor], rank_fraction: float | None = None) -> Tensor:
     return (u_perp * torch.cat(ss)) @ v_perp.T
 
 
-@register
 class TaskSingularVectors(LayerwiseMethod):
     """TSV-M: per layer, each task's top singular triplets, decorrelated across tasks (Procrustes)."""
 
-    name = "tsv"
-    Params = TSVParams
+    def __init__(self, params: TSVParams | dict | None = None, rank_fraction: float | None = None,
+                 conv_kernels: str | None = None) -> None:
+        super().__init__(given(params, rank_fraction=rank_fraction, conv_kernels=conv_kernels))
 
-    def __init__(self, rank_fraction: float | None = None, conv_kernels: str = "average") -> None:
-        self.params = self.check_params({"rank_fraction": rank_fraction, "conv_kernels": conv_kernels})
+    def setup(self) -> None:
         self.rank_fraction = self.params.rank_fraction
         self.set_conv_kernels(self.params.conv_kernels)
 
@@ -62,3 +61,6 @@ class TaskSingularVectors(LayerwiseMethod):
 
     def describe(self, vectors):
         return {**super().describe(vectors), "rank_fraction": self.rank_fraction or 1.0 / len(vectors)}
+
+
+register("tsv", TSVParams, TaskSingularVectors)

@@ -1,11 +1,20 @@
-"""Fine-tuning regimes (one file each) and the shared training loop."""
+"""Fine-tuning regimes (one file each) and the shared training loop.
 
+Every module of this package is imported here; a regime module registers its class (``@register``), so a new
+regime is a new file here plus its configuration class in ``config/regimes.py``. ``REGIMES`` is listed in the order
+of the configuration registry (``REGIME_CONFIGS``)."""
+
+import importlib
+import pkgutil
+
+from deltamerge.config import REGIME_CONFIGS
 from deltamerge.training.regime import REGIMES, Regime, get_regime, trainable_names
-from deltamerge.training import nonlinear, linear, delta  # noqa: F401  (registers the regimes)
-from deltamerge.training import lora, lora_linear, delta_lora  # noqa: F401  (LoRA family)
 from deltamerge.training.loop import train
-from deltamerge.training import attn_only, talos, taujp, tak  # noqa: F401,E402  (registers the baselines)
-from deltamerge.training import dpo, dpo_distilled  # noqa: F401,E402  (preference regimes on causal LMs)
 from deltamerge.training.context import TrainContext
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
+for _name in [n for n in REGIME_CONFIGS if n in REGIMES]:  # one listing order: the configurations'
+    REGIMES[_name] = REGIMES.pop(_name)
 
 __all__ = ["REGIMES", "Regime", "TrainContext", "get_regime", "trainable_names", "train"]

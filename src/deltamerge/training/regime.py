@@ -10,7 +10,7 @@ from torch import Tensor
 
 from deltamerge import distributed as dist
 from deltamerge.backbones.base import Backbone, Head
-from deltamerge.config import BaseTrainConfig
+from deltamerge.config import BaseTrainConfig, config_class
 from deltamerge.curvature import Curvature
 from deltamerge.data import ArrayDataset, Inputs
 from deltamerge.errors import DeltaMergeError
@@ -23,6 +23,9 @@ REGIMES: dict[str, type["Regime"]] = {}
 
 
 def register(cls: type["Regime"]) -> type["Regime"]:
+    """Register a regime implementation; its configuration class (``config/regimes.py``, ``regime_config``) is the
+    other half of the pair and must exist: ``cls.config_cls``."""
+    cls.config_cls = config_class(cls.name)
     REGIMES[cls.name] = cls
     return cls
 
@@ -68,6 +71,7 @@ class Regime:
     needs_others: ClassVar[str | None] = None
     trainable_policy: ClassVar[str | None] = None
     output_role: ClassVar[str] = "main"
+    config_cls: ClassVar[type[BaseTrainConfig]] = BaseTrainConfig  # set by ``register``
     vector_kinds: ClassVar[dict[str, str]] = {"main": "nonlinear"}
 
     def __init__(self, model: FunctionalModel, head: Head, cfg: BaseTrainConfig, curvature: Curvature | None = None,

@@ -1,0 +1,57 @@
+"""Cache-or-estimate curvature, written once (curvature/cache.py), and the run directory's names in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import deltamerge
+from deltamerge.backbones.toy import ToyMLP
+from deltamerge.config import CurvatureConfig
+from deltamerge.curvature import estimate_curvature
+from deltamerge.curvature.cache import load_or_estimate
+
+
+def test_estimates_once_then_reuses_adapts_or_re_estimates(tmp_path):
+    bb = ToyMLP(seed=0)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    calls, logs = [], []
+
+    def estimate():
+        calls.append(1)
+        return estimate_curvature(bb, x, CurvatureConfig(probes="exact", batch_size=16, progress=False))
+
+    path = tmp_path / "c.safetensors"
+    first = load_or_estimate(path, bb, estimate, {"config_hash": "h1"}, lambda m: None, logs.append, "estimating")
+    assert len(calls) == 1 and path.is_file() and logs == ["estimating"]
+    assert first.meta["config_hash"] == "h1" and isinstance(first.meta["seconds"], float)
+    # reuse: the file is read back (same base model checked), nothing estimated, the caller's message logged
+    again = load_or_estimate(path, bb, estimate, {"config_hash": "h1"},
+                             lambda m: "reused" if m.get("config_hash") == "h1" else None, logs.append, "estimating")
+    assert len(calls) == 1 and logs[-1] == "reused" and again.meta["config_hash"] == "h1"
+
+    # adapt: a cached estimate turned into the wanted one is saved back, not re-estimated
+    def adapt(c):
+        c.meta["config_hash"] = "h2"
+        return c
+
+    adapted = load_or_estimate(path, bb, estimate, {"config_hash": "h2"}, lambda m: None, logs.append, "estimating",
+                               adapt=adapt)
+    assert len(calls) == 1 and adapted.meta["config_hash"] == "h2"
+    assert load_or_estimate(path, bb, estimate, {}, lambda m: m.get("config_hash"), logs.append, "x").meta[
+        "config_hash"] == "h2" and logs[-1] == "h2"
+    # neither: estimated again and the file replaced
+    load_or_estimate(path, bb, estimate, {"config_hash": "h3"}, lambda m: None, logs.append, "estimating",
+                     adapt=lambda c: None)
+    assert len(calls) == 2
+    assert load_or_estimate(path, bb, estimate, {}, lambda m: m.get("config_hash"), logs.append, "x").meta[
+        "config_hash"] == "h3"
+
+
+def test_task_curvature_folder_is_named_only_in_rundir():
+    """On main the literal was spelt out in pipeline.py, tuning.py and cli.py although rundir.py names the files."""
+    root = Path(deltamerge.__file__).parent
+    where = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if any(q + "task_curvature" + q in p.read_text() for q in ('"', "'")))
+    assert where == ["rundir.py"], where
