@@ -46,7 +46,7 @@ def _regimes(cfg: RunConfig, suite: PreferenceSuite) -> list[str]:
         get_regime(r)
         if not r.startswith("dpo"):
             raise DeltaMergeError(f"regime '{r}' does not train on preference pairs (suite {suite.name} takes "
-                                  f"{', '.join(suite.default_regimes)} and dpo-lora)")
+                                  f"{', '.join(suite.default_regimes)}, dpo-lora and dpo-distilled-lora)")
     return regimes
 
 

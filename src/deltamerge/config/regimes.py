@@ -242,18 +242,25 @@ class DPOLoRAConfig(DPOSettings, LoRASettings, Trainable, BaseTrainConfig):
     regime: Literal["dpo-lora"] = "dpo-lora"
 
 
+class DPODistilledLoRAConfig(DPOSettings, DeltaSettings, LoRASettings, Trainable, BaseTrainConfig):
+    """Distilled DPO with a LoRA student (lora_rank, lora_alpha, lora_lr, lora_targets) and a full fine-tuning
+    linearized teacher (lr)."""
+
+    regime: Literal["dpo-distilled-lora"] = "dpo-distilled-lora"
+
+
 REGIME_CONFIGS: dict[str, type[BaseTrainConfig]] = {
     cls.model_fields["regime"].default: cls
     for cls in (NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig, DeltaLoRAConfig,
                 AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig, DPOConfig, DPOLinearConfig, DPODistilledConfig,
-                DPODistilledCurvatureConfig, DPOMixedConfig, DPOLoRAConfig)}
+                DPODistilledCurvatureConfig, DPOMixedConfig, DPOLoRAConfig, DPODistilledLoRAConfig)}
 
 #: The training configuration of any regime: validate a mapping with ``TypeAdapter(TrainConfig)`` (pydantic picks the
 #: class by ``regime``), or build one with ``train_config(regime, **fields)``.
 TrainConfig = Annotated[Union[NonLinearConfig, LinearConfig, DeltaConfig, LoRAConfig, LoRALinearConfig,
                               DeltaLoRAConfig, AttnOnlyConfig, TaLoSConfig, TauJpConfig, TAKConfig, DPOConfig,
                               DPOLinearConfig, DPODistilledConfig, DPODistilledCurvatureConfig, DPOMixedConfig,
-                              DPOLoRAConfig],
+                              DPOLoRAConfig, DPODistilledLoRAConfig],
                         Field(discriminator="regime")]
 _ADAPTER = TypeAdapter(TrainConfig)
 
