@@ -47,6 +47,12 @@ def test_llm_pref_suite_runs_all_four_methods_from_local_parquet(hub_like, tmp_p
     assert (out / "figures" / "pareto.png").stat().st_size > 10_000
     report = (out / "REPORT.md").read_text()
     assert "Distilled DPO" in report and "Linear DPO" in report and "DPO-Mixed" in report
+    ctl = res["controls"]  # noise floor and non-linearity beside every method (issue 26)
+    assert set(ctl["temperature"]) == {"helpfulness", "verbosity"} and len(ctl["temperature"]["verbosity"]) == 4
+    assert [(r["method"], r["lambda2"]) for r in ctl["random"]] == methods[1:] and ctl["random_k"] == 4
+    assert all(0 <= r["band"]["verbosity"]["min"] <= r["band"]["verbosity"]["max"] <= 1 for r in ctl["random"])
+    assert len(ctl["nonlinearity"]) == 7 and all(r["abs"] >= 0 and r["change"] > 0 for r in ctl["nonlinearity"])
+    assert "temperature ×2.0" in report and "random min–max" in report and "‖f − f_lin‖" in report
     # a second run reuses every trained vector (same configuration) instead of training again
     again = run(cfg, suite=suite)
     assert again["train_seconds"] == res["train_seconds"]
@@ -62,4 +68,4 @@ def test_llm_pref_refuses_classification_regimes(hub_like, tmp_path, monkeypatch
 def test_llm_suites_are_registered_with_options():
     with pytest.raises(DeltaMergeError):
         get_suite("llm-pref", {"no_such_option": 1})
-    assert get_suite("llm-mini").task_names == ["helpfulness", "conciseness"]
+    assert get_suite("llm-mini").task_names == ["helpfulness", "conciseness", "topicality", "positivity"]

