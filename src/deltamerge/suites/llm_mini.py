@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 import re
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from deltamerge import assets
@@ -39,16 +41,24 @@ PRESETS = {
                   lr=1e-4, reference=64),
     "full": dict(max_len=64, train=1024, val=64, test=128, max_words=20, steps=300, batch=16, last_layers=None,
                  prompts=16, lr=5e-6, reference=2048),
-    # sec5 (issue 26): content axes (topicality, positivity; suites/pref_axes.py), 1024 train / 256 test pairs per
-    # axis, length-matched answers; controls (temperature edit, random band of k vectors) and non-linearity reported
-    "sec5": dict(axes="content", max_len=80, train=1024, val=64, test=256, max_words=20, review_words=40, steps=400,
-                 batch=16, last_layers=4, prompts=36, lr=1e-4, reference=256, control_random=8),
+}
+
+
+# suite_options axes: content (issue 26): topicality and positivity (suites/pref_axes.py), length-matched answers,
+# 1024 train / 256 test pairs per axis at preset full; controls (temperature edit, random band of k vectors) and the
+# non-linearity measure are reported beside each method. These settings replace the preset's.
+CONTENT = {
+    "quick": dict(axes="content", max_len=80, train=64, val=8, test=32, max_words=20, review_words=40, prompts=8,
+                  control_random=4),
+    "full": dict(axes="content", max_len=80, train=1024, val=64, test=256, max_words=20, review_words=40, steps=400,
+                 batch=16, last_layers=4, prompts=36, lr=1e-4, control_random=8),
 }
 
 
 class LLMMiniOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train_last_layers: int | None = Field(None, ge=1)  # None: the preset's (quick: last 4 blocks; full: all)
+    axes: Literal["fortunes", "content"] = "fortunes"  # fortunes: helpfulness/conciseness; content: see CONTENT
 
 
 def _clean(quote: str) -> str:
@@ -142,6 +152,8 @@ class LLMMini(PreferenceSuite):
     def _preset(self, preset: str) -> dict:
         if preset not in PRESETS:
             raise DeltaMergeError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+        if self.options is not None and self.options.axes == "content":
+            return {**PRESETS[preset], **CONTENT[preset]}
         return PRESETS[preset]
 
     def backbone(self, preset: str = "quick") -> CausalLM:
