@@ -92,3 +92,27 @@ def test_real_axes_are_large_disjoint_and_length_matched():
         assert {p.prompt for p in ax.pairs["test"]}.isdisjoint({p.prompt for p in ax.pairs["train"]})
         j = pa.TextJudge(ax.judge_train, ax.judge_test)
         assert j.held_out >= 100 and j.accuracy > 1.5 / len(j.classes)  # above chance on its own held-out texts
+
+
+@pytest.mark.slow
+def test_content_preference_data_encodes_pairs_and_scores_with_judges(tmp_path):
+    from llm_fixtures import tiny_llama_dir
+
+    from deltamerge.assets import is_installed
+    from deltamerge.backbones.causal_lm import load_causal_lm
+    from deltamerge.suites.llm_mini import CONTENT
+    from deltamerge.suites.preference_base import EvalPrompt
+
+    if not (is_installed("fortunes") and is_installed("fine-foods")):
+        pytest.skip("assets fortunes / fine-foods not installed: run `deltamerge assets fetch llm-mini`")
+    tok = load_causal_lm(str(tiny_llama_dir(tmp_path / "lm"))).tokenizer
+    data = pa.content_preference_data(tok, {**CONTENT["quick"], "max_len": 96}, "be brief")
+    assert [a.name for a in data.axes] == ["topicality", "positivity"]
+    for i, a in enumerate(data.axes):
+        assert (len(a.train), len(a.val), len(a.test)) == (64, 8, 32) and bool((a.test.labels == i).all())
+        assert a.description and a.reward_name.startswith("judge")
+    prompts = [EvalPrompt("Say something witty about food.", {"topic": "food"})] * 2
+    for a in data.axes:
+        scores = a.reward(prompts, ["I love this cake, it tastes wonderful", ""])
+        assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    assert set(data.meta["judges"]) == {"topicality", "positivity"} and len(data.prompts) == 8
