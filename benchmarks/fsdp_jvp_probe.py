@@ -5,7 +5,7 @@
 Each rank prints, per way of taking J·τ on a 2-layer MLP sharded with fully_shard, the max |Δ| against the
 unsharded jvp (0 = right) or the exception. Results (torch 2.13 CPU) are in docs/distributed.md.
 """
-import os, torch, torch.distributed as dist
+import torch, torch.distributed as dist
 from torch import nn
 from torch.func import jvp, functional_call
 dist.init_process_group("gloo")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from deltamerge import distributed as dist
 from deltamerge import rundir
 from deltamerge.artifacts import write_json
 from deltamerge.config import RunConfig, with_overrides
@@ -193,7 +194,8 @@ def _run_preference(cfg: RunConfig, suite: PreferenceSuite, regimes: list[str], 
         "points": points, "controls": ctl,
     }
     write_json(out / rundir.RESULTS, results)
-    pareto_figure(results, out / "figures" / "pareto.png")
+    if dist.is_main():  # torchrun: rank 0 alone draws (the evaluation above runs, unsharded, on every rank)
+        pareto_figure(results, out / "figures" / "pareto.png")
     from deltamerge.evaluation.pref_controls import controls_table
 
     atomic_write_text(out / "REPORT.md", preference_report(results, "figures/pareto.png") + "\n" + controls_table(ctl))
