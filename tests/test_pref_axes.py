@@ -103,8 +103,8 @@ def test_content_preference_data_encodes_pairs_and_scores_with_judges(tmp_path):
     from deltamerge.suites.llm_mini import CONTENT
     from deltamerge.suites.preference_base import EvalPrompt
 
-    if not (is_installed("fortunes") and is_installed("fine-foods")):
-        pytest.skip("assets fortunes / fine-foods not installed: run `deltamerge assets fetch llm-mini`")
+    if not all(is_installed(a) for a in ("fortunes", "fine-foods", "minilm")):
+        pytest.skip("assets fortunes / fine-foods / minilm not installed: run `deltamerge assets fetch llm-mini`")
     tok = load_causal_lm(str(tiny_llama_dir(tmp_path / "lm"))).tokenizer
     data = pa.content_preference_data(tok, {**CONTENT["quick"], "max_len": 96}, "be brief")
     assert [a.name for a in data.axes] == ["topicality", "positivity"]
@@ -116,3 +116,6 @@ def test_content_preference_data_encodes_pairs_and_scores_with_judges(tmp_path):
         scores = a.reward(prompts, ["I love this cake, it tastes wonderful", ""])
         assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
     assert set(data.meta["judges"]) == {"topicality", "positivity"} and len(data.prompts) == 8
+    assert data.meta["judge"] == "minilm"
+    # the MiniLM judges beat chance on their held-out texts (measured: 0.521 on 18 topics, 0.752 on 2 classes)
+    assert data.meta["judges"]["topicality"]["accuracy"] > 0.4 and data.meta["judges"]["positivity"]["accuracy"] > 0.7

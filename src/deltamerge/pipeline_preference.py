@@ -133,7 +133,7 @@ def controls(suite: PreferenceSuite, preset: str, backbone, data: PreferenceData
         log(f"no temperature control: {exc}")
         temperature = {}
     out: dict = {"temperature": temperature, "random_k": suite.control_random(preset), "random": [],
-                 "nonlinearity": [], "judges": data.meta.get("judges")}
+                 "nonlinearity": [], "judges": data.meta.get("judges"), "judge_kind": data.meta.get("judge")}
     log(f"temperature-only control: {out['temperature']}")
     first, second = data.axes[0].name, data.axes[1].name
     for regime, per in vectors.items():

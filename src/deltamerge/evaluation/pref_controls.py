@@ -104,7 +104,7 @@ def controls_table(controls: dict) -> str:
     lines = ["## Controls (noise floor) and non-linearity", ""]
     for axis, j in (controls.get("judges") or {}).items():
         lines.append(f"- judge of `{axis}`: held-out accuracy {j['accuracy']:.3f} on {j['held_out']} texts "
-                     f"({j['classes']} classes; trained on texts no DPO pair uses)")
+                     f"({j['classes']} classes; {controls.get('judge_kind', 'tf-idf')}; trained on texts no DPO pair uses)")
     lines += ["",
              "Temperature-only edits rescale the final norm (logits × c; no content). Random band: "
              f"{controls.get('random_k', 0)} Gaussian vectors over each method's trained tensors at its norm "

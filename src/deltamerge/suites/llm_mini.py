@@ -49,9 +49,9 @@ PRESETS = {
 # non-linearity measure are reported beside each method. These settings replace the preset's.
 CONTENT = {
     "quick": dict(axes="content", max_len=80, train=64, val=8, test=32, max_words=20, review_words=40, prompts=8,
-                  control_random=4),
+                  control_random=4, judge="minilm"),
     "full": dict(axes="content", max_len=80, train=1024, val=64, test=256, max_words=20, review_words=40, steps=400,
-                 batch=16, last_layers=4, prompts=36, lr=1e-4, control_random=8),
+                 batch=16, last_layers=4, prompts=36, lr=1e-4, control_random=8, judge="minilm"),
 }
 
 

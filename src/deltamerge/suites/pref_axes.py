@@ -12,7 +12,8 @@ word-3-gram (shingle) Jaccard ≥ ``NEAR_DUP`` (union-find over the pairs that s
 their word set), and whole groups are dealt to the pools judge / train / val / test, so no two pools hold texts whose
 Jaccard reaches the threshold (``cross_duplicates`` checks it, independently of the grouping, before any pair is
 built). Pairs recombine texts of one pool only. The judge pool (disjoint from every DPO pair) trains a per-axis
-TF-IDF + logistic-regression judge; its held-out accuracy comes from the judge pool's own 20 % test part.
+judge (TF-IDF + logistic regression here, or on MiniLM embeddings: ``pref_judges``, the content presets' choice);
+its held-out accuracy comes from the judge pool's own 20 % test part.
 """
 
 from __future__ import annotations
@@ -247,7 +248,13 @@ def content_preference_data(tok, preset: dict, system: str, seed: int = 0):
     ff = assets.fine_foods()
     axes_texts = [topicality_axis(assets.fortunes(), sizes, preset["max_words"], seed=seed),
                   positivity_axis(ff["train"] + ff["test"], sizes, preset["review_words"], seed=seed)]
-    judges = [TextJudge(a.judge_train, a.judge_test) for a in axes_texts]
+    if preset.get("judge", "tfidf") == "minilm":
+        from deltamerge.suites.pref_judges import MiniLMEmbedder, MiniLMJudge
+
+        embed = MiniLMEmbedder()
+        judges = [MiniLMJudge(a.judge_train, a.judge_test, embed) for a in axes_texts]
+    else:
+        judges = [TextJudge(a.judge_train, a.judge_test) for a in axes_texts]
     rewards = [lambda prompts, responses, j=judges[0]: j.prob(responses, [p.meta["topic"] for p in prompts]),
                lambda prompts, responses, j=judges[1]: j.prob(responses, ["great"] * len(responses))]
     axes = []
@@ -258,7 +265,7 @@ def content_preference_data(tok, preset: dict, system: str, seed: int = 0):
                                    (__doc__ or "").split(f"* ``{a.name}``")[-1].split("* ``")[0].split("\n\n")[0]
                                    .strip()))
     prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TOPIC_TEMPLATES["test"] for t in TOPICS]
-    meta = {"max_len": preset["max_len"],
+    meta = {"max_len": preset["max_len"], "judge": preset.get("judge", "tfidf"),
             "judges": {a.name: {"accuracy": j.accuracy, "held_out": j.held_out, "classes": len(j.classes)}
                        for a, j in zip(axes_texts, judges)},
             "pools": {a.name: a.stats for a in axes_texts}}
