@@ -31,6 +31,7 @@ def test_llm_pref_suite_runs_all_four_methods_from_local_parquet(hub_like, tmp_p
     suite = get_suite("llm-pref", hub_like)
     suite.lambda_grid = [0.0, 2.0]
     suite.max_new_tokens = 4
+    suite.control_lambdas = [2.0]  # random band at λ2 = 2 (and DPO-Mixed)
     cfg = RunConfig(suite="llm-pref", suite_options=hub_like, out=tmp_path / "run",
                     train={r: {"steps": 2} for r in ("dpo", "dpo-linear", "dpo-distilled", "dpo-mixed")})
     res = run(cfg, suite=suite)
@@ -49,7 +50,8 @@ def test_llm_pref_suite_runs_all_four_methods_from_local_parquet(hub_like, tmp_p
     assert "Distilled DPO" in report and "Linear DPO" in report and "DPO-Mixed" in report
     ctl = res["controls"]  # noise floor and non-linearity beside every method (issue 26)
     assert set(ctl["temperature"]) == {"helpfulness", "verbosity"} and len(ctl["temperature"]["verbosity"]) == 4
-    assert [(r["method"], r["lambda2"]) for r in ctl["random"]] == methods[1:] and ctl["random_k"] == 4
+    assert [(r["method"], r["lambda2"]) for r in ctl["random"]] == [m for m in methods[1:] if m[1] != 0.0]
+    assert ctl["random_k"] == 4
     assert all(0 <= r["band"]["verbosity"]["min"] <= r["band"]["verbosity"]["max"] <= 1 for r in ctl["random"])
     assert len(ctl["nonlinearity"]) == 7 and all(r["abs"] >= 0 and r["change"] > 0 for r in ctl["nonlinearity"])
     assert "temperature ×2.0" in report and "random min–max" in report and "‖f − f_lin‖" in report

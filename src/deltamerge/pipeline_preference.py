@@ -118,7 +118,8 @@ def sweep(suite: PreferenceSuite, backbone, data: PreferenceData, vectors: dict,
 def controls(suite: PreferenceSuite, preset: str, backbone, data: PreferenceData, vectors: dict,
              points: list[dict]) -> dict:
     """Noise floor and non-linearity beside the methods (evaluation/pref_controls.py): temperature-only edits per
-    axis; per method point the random band of vectors of its norm over its trained tensors; per trained vector
+    axis; per method point (λ2 in ``suite.control_lambdas``) the random band of vectors of its norm over its trained
+    tensors; per trained vector
     ‖f(θ0+τ) − f_lin(θ0+τ)‖ on its axis' held-out pairs."""
     from deltamerge.evaluation import pref_controls as pc
 
@@ -142,7 +143,9 @@ def controls(suite: PreferenceSuite, preset: str, backbone, data: PreferenceData
             out["nonlinearity"].append({"method": regime, "vector": axis, **pc.nonlinearity(model, test, full(v))})
         if out["random_k"] <= 0:
             continue
-        for pt in (p for p in points if p["method"] == regime):
+        lams = suite.control_lambdas
+        for pt in (p for p in points if p["method"] == regime and (lams is None or p["lambda2"] is None
+                                                                   or p["lambda2"] in lams)):
             key = "mixed" if regime == MIXED else None
             tau = full(per[key]) if key else {n: full(per[first])[n] + pt["lambda2"] * full(per[second])[n]
                                               for n in names}

@@ -57,6 +57,9 @@ class PreferenceSuite(Suite):
     default_regimes = ["dpo", "dpo-linear", "dpo-distilled", "dpo-mixed"]
     lambda_grid: list[float] = [0.0, 0.5, 1.0, 2.0, 3.0, 5.0]  # λ2 of θ0 + τ_1 + λ2·τ_2 (paper: [0, 5])
     max_new_tokens: int = 24
+    #: λ2 values of the Affine-2 sweep at which each method's random band is computed (None: every point; DPO-Mixed's
+    #: single point always). A band costs k evaluations of every axis' test pairs per point.
+    control_lambdas: list[float] | None = [1.0]
 
     def backbone(self) -> CausalLM:
         raise NotImplementedError
