@@ -140,6 +140,8 @@ def controls(suite: PreferenceSuite, preset: str, backbone, data: PreferenceData
     for regime, per in vectors.items():
         for axis, v in per.items():
             test = next((a.test for a in data.axes if a.name == axis), data.axes[0].test)
+            n = min(len(test), suite.nonlinearity_pairs)
+            test = ArrayDataset({k: t[:n] for k, t in test.inputs.items()}, test.labels[:n])
             out["nonlinearity"].append({"method": regime, "vector": axis, **pc.nonlinearity(model, test, full(v))})
         if out["random_k"] <= 0:
             continue

@@ -60,6 +60,8 @@ class PreferenceSuite(Suite):
     #: λ2 values of the Affine-2 sweep at which each method's random band is computed (None: every point; DPO-Mixed's
     #: single point always). A band costs k evaluations of every axis' test pairs per point.
     control_lambdas: list[float] | None = [1.0]
+    #: held-out pairs per axis on which ‖f(θ0+τ) − f_lin(θ0+τ)‖ is measured (the first n of the test split)
+    nonlinearity_pairs: int = 64
 
     def backbone(self) -> CausalLM:
         raise NotImplementedError
