@@ -57,3 +57,49 @@ def test_affine2_mix_exports_reloads_and_generates(tmp_path):
     assert not any((tmp_path / n).exists() for n in ("foreign", "nan", "lin"))
     export_merged_lm(bb, [(t1, 0.5)], out, overwrite=True)  # a previous export is replaced, atomically
     assert (out / "deltamerge.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+def test_distilled_dpo_lora_student_round_trips_through_export_and_generate(tmp_path):
+    """dpo-distilled-lora: the student's τ = s·B·A (factors saved with it) reloads from its file, exports as a
+    checkpoint whose logits equal f(x; θ0 + τ) and whose greedy generate() equals deltamerge's Generator."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_fixtures import tiny_pairs
+
+    from deltamerge.config import train_config
+    from deltamerge.evaluation.preference import Generator, margins_sweep
+    from deltamerge.suites.preference_data import encode_pairs
+    from deltamerge.training import train
+
+    bb = load_causal_lm(str(tiny_llama_dir(tmp_path / "base")))
+    pairs = encode_pairs(bb.tokenizer, tiny_pairs(16), 24, "be brief")
+    cfg = train_config("dpo-distilled-lora", steps=12, batch_size=8, lr=1e-3, lora_lr=1e-2, weight_decay=0.0,
+                       lora_rank=4, lora_alpha=8.0, progress=False)
+    vecs = train(bb, None, pairs, cfg)
+    student, teacher = vecs["student"], vecs["teacher"]
+    assert student.kind == "nonlinear" and teacher.kind == "linear" and teacher.factors is None
+    assert student.factors is not None and set(student.factors) == set(student.deltas)
+    for n, (sb, a) in student.factors.items():
+        assert sb.shape[1] == 4 and torch.allclose(student.deltas[n], (sb @ a).reshape(student.deltas[n].shape))
+    assert set(student.deltas) < set(teacher.deltas)  # LoRA adapts the Linear weights; the teacher trains all
+    student.save(tmp_path / "student.safetensors")
+    tv = TaskVector.load(tmp_path / "student.safetensors")
+    assert tv.factors is not None and all(torch.equal(tv.deltas[n], student.deltas[n]) for n in student.deltas)
+
+    model = FunctionalModel(bb, trainable_names(bb, "default"))
+    tau = {n: tv.deltas.get(n, torch.zeros_like(model.base[n])) for n in model.names}
+    assert float((margins_sweep(model, "nonlinear", tau, None, [0.0], pairs)[0.0] > 0).float().mean()) >= 0.9
+
+    out = export_merged_lm(bb, [(tv, 1.0)], tmp_path / "merged")
+    lm = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    prompts = encode_prompts(tok, ["tell me about sun", "tell me about the big red dog"], "be brief")
+    with torch.no_grad():
+        assert torch.allclose(outputs_at(model, prompts, tau).logits, lm(**prompts).logits, atol=1e-4)
+        gen = lm.generate(**prompts, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id)
+    width = prompts["input_ids"].shape[1]
+    theirs = [tok.decode(r[:r.index(tok.eos_token_id)] if tok.eos_token_id in r else r,
+                         skip_special_tokens=True).strip() for r in gen[:, width:].tolist()]
+    ours = Generator(bb, model, max_new_tokens=6).generate(prompts, "nonlinear", tau)
+    assert theirs == ours and ours != Generator(bb, model, 6).generate(prompts, "nonlinear", None)

@@ -31,6 +31,7 @@ def test_llm_pref_suite_runs_all_four_methods_from_local_parquet(hub_like, tmp_p
     suite = get_suite("llm-pref", hub_like)
     suite.lambda_grid = [0.0, 2.0]
     suite.max_new_tokens = 4
+    suite.control_lambdas = [2.0]  # random band at λ2 = 2 (and DPO-Mixed)
     cfg = RunConfig(suite="llm-pref", suite_options=hub_like, out=tmp_path / "run",
                     train={r: {"steps": 2} for r in ("dpo", "dpo-linear", "dpo-distilled", "dpo-mixed")})
     res = run(cfg, suite=suite)
@@ -47,6 +48,13 @@ def test_llm_pref_suite_runs_all_four_methods_from_local_parquet(hub_like, tmp_p
     assert (out / "figures" / "pareto.png").stat().st_size > 10_000
     report = (out / "REPORT.md").read_text()
     assert "Distilled DPO" in report and "Linear DPO" in report and "DPO-Mixed" in report
+    ctl = res["controls"]  # noise floor and non-linearity beside every method (issue 26)
+    assert set(ctl["temperature"]) == {"helpfulness", "verbosity"} and len(ctl["temperature"]["verbosity"]) == 4
+    assert [(r["method"], r["lambda2"]) for r in ctl["random"]] == [m for m in methods[1:] if m[1] != 0.0]
+    assert ctl["random_k"] == 4
+    assert all(0 <= r["band"]["verbosity"]["min"] <= r["band"]["verbosity"]["max"] <= 1 for r in ctl["random"])
+    assert len(ctl["nonlinearity"]) == 7 and all(r["abs"] >= 0 and r["change"] > 0 for r in ctl["nonlinearity"])
+    assert "temperature ×2.0" in report and "random min–max" in report and "‖f − f_lin‖" in report
     # a second run reuses every trained vector (same configuration) instead of training again
     again = run(cfg, suite=suite)
     assert again["train_seconds"] == res["train_seconds"]
@@ -62,4 +70,4 @@ def test_llm_pref_refuses_classification_regimes(hub_like, tmp_path, monkeypatch
 def test_llm_suites_are_registered_with_options():
     with pytest.raises(DeltaMergeError):
         get_suite("llm-pref", {"no_such_option": 1})
-    assert get_suite("llm-mini").task_names == ["helpfulness", "conciseness"]
+    assert get_suite("llm-mini").task_names == ["helpfulness", "conciseness", "topicality", "positivity"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from deltamerge import distributed as dist
 from deltamerge import rundir
 from deltamerge.artifacts import write_json
 from deltamerge.config import BaseTrainConfig, RunConfig, resolve_device, with_overrides
@@ -52,7 +53,7 @@ def _regimes(cfg: RunConfig, suite: PreferenceSuite) -> list[str]:
         get_regime(r)
         if not r.startswith("dpo"):
             raise DeltaMergeError(f"regime '{r}' does not train on preference pairs (suite {suite.name} takes "
-                                  f"{', '.join(suite.default_regimes)} and dpo-lora)")
+                                  f"{', '.join(suite.default_regimes)}, dpo-lora and dpo-distilled-lora)")
     return regimes
 
 
@@ -137,6 +138,51 @@ def sweep(suite: PreferenceSuite, backbone, data: PreferenceData, vectors: dict,
     return points
 
 
+def controls(suite: PreferenceSuite, preset: str, backbone, data: PreferenceData, vectors: dict,
+             points: list[dict]) -> dict:
+    """Noise floor and non-linearity beside the methods (evaluation/pref_controls.py): temperature-only edits per
+    axis; per method point (λ2 in ``suite.control_lambdas``) the random band of vectors of its norm over its trained
+    tensors; per trained vector
+    ‖f(θ0+τ) − f_lin(θ0+τ)‖ on its axis' held-out pairs."""
+    from deltamerge.evaluation import pref_controls as pc
+
+    names = sorted({n for per in vectors.values() for v in per.values() for n in v.deltas} |
+                   set(trainable_names(backbone, "default")))
+    model = FunctionalModel(backbone, names)
+    zero = {n: torch.zeros_like(model.base[n]) for n in names}
+    full = lambda v: {n: v.deltas.get(n, zero[n]) for n in names}  # noqa: E731
+    try:
+        temperature = {a.name: pc.temperature_control(model, a.test) for a in data.axes}
+    except DeltaMergeError as exc:  # no trainable final norm: no temperature control, say why
+        log(f"no temperature control: {exc}")
+        temperature = {}
+    out: dict = {"temperature": temperature, "random_k": suite.control_random(preset), "random": [],
+                 "nonlinearity": [], "judges": data.meta.get("judges"), "judge_kind": data.meta.get("judge")}
+    log(f"temperature-only control: {out['temperature']}")
+    first, second = data.axes[0].name, data.axes[1].name
+    for regime, per in vectors.items():
+        for axis, v in per.items():
+            test = next((a.test for a in data.axes if a.name == axis), data.axes[0].test)
+            n = min(len(test), suite.nonlinearity_pairs)
+            test = ArrayDataset({k: t[:n] for k, t in test.inputs.items()}, test.labels[:n])
+            out["nonlinearity"].append({"method": regime, "vector": axis, **pc.nonlinearity(model, test, full(v))})
+        if out["random_k"] <= 0:
+            continue
+        lams = suite.control_lambdas
+        for pt in (p for p in points if p["method"] == regime and (lams is None or p["lambda2"] is None
+                                                                   or p["lambda2"] in lams)):
+            key = "mixed" if regime == MIXED else None
+            tau = full(per[key]) if key else {n: full(per[first])[n] + pt["lambda2"] * full(per[second])[n]
+                                              for n in names}
+            trained = sorted({n for v in per.values() for n in v.deltas})
+            norm, kind = pc.global_norm(tau), next(iter(per.values())).kind
+            band = {a.name: pc.random_band(model, kind, trained, norm, a.test, out["random_k"]) for a in data.axes}
+            out["random"].append({"method": regime, "lambda2": pt["lambda2"], "norm": norm,
+                                  "acc": pt["pref_acc"], "band": band})
+            log(f"{regime} λ2={pt['lambda2']}: random band {band}")
+    return out
+
+
 def run_preference(cfg: RunConfig, suite: PreferenceSuite, force: bool = False) -> dict:
     """The whole preference pipeline into ``cfg.out`` (results.json, REPORT.md, figures/pareto.png); the run
     directory is claimed (locked, same configuration or ``force``) as in ``pipeline.run``."""
@@ -171,6 +217,7 @@ def _run_preference(cfg: RunConfig, suite: PreferenceSuite, regimes: list[str], 
     first = with_overrides(suite.train_config(regimes[0], cfg.preset), cfg.train.get(regimes[0], {}))
     backbone.to(resolve_device(first.device))
     points = sweep(suite, backbone, data, vectors, suite.lambda_grid)
+    ctl = controls(suite, cfg.preset, backbone, data, vectors, points)
     results = {
         "kind": "preference", "suite": suite.name, "preset": cfg.preset, "backbone": backbone.name,
         "trainable_tensors": len(trainable_names(backbone, "default")),
@@ -181,10 +228,13 @@ def _run_preference(cfg: RunConfig, suite: PreferenceSuite, regimes: list[str], 
         "held_out_prompts": len(data.prompts), "lambda_grid": suite.lambda_grid, "regimes": regimes,
         "train_seconds": {r: {t: v.meta.get("train_seconds") for t, v in per.items()} for r, per in vectors.items()},
         "seconds": {"train_and_load": round(t_train, 1), "total": round(time.perf_counter() - t_start, 1)},
-        "points": points,
+        "points": points, "controls": ctl,
     }
     write_json(out / rundir.RESULTS, results)
-    pareto_figure(results, out / "figures" / "pareto.png")
-    atomic_write_text(out / "REPORT.md", preference_report(results, "figures/pareto.png"))
+    if dist.is_main():  # torchrun: rank 0 alone draws (the evaluation above runs, unsharded, on every rank)
+        pareto_figure(results, out / "figures" / "pareto.png")
+    from deltamerge.evaluation.pref_controls import controls_table
+
+    atomic_write_text(out / "REPORT.md", preference_report(results, "figures/pareto.png") + "\n" + controls_table(ctl))
     log(f"done in {results['seconds']['total']:.0f} s: {out / 'REPORT.md'}")
     return results

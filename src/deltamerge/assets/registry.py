@@ -86,7 +86,7 @@ SUITE_ASSETS: dict[str, list[str]] = {
     "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images",
                     "more-photos"],
     "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
-    "llm-mini": ["smollm2", "fortunes", "text-reference"],
+    "llm-mini": ["smollm2", "fortunes", "text-reference", "fine-foods", "minilm"],  # last two: axes content
 }
 
 

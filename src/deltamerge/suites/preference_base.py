@@ -57,6 +57,11 @@ class PreferenceSuite(Suite):
     default_regimes = ["dpo", "dpo-linear", "dpo-distilled", "dpo-mixed"]
     lambda_grid: list[float] = [0.0, 0.5, 1.0, 2.0, 3.0, 5.0]  # λ2 of θ0 + τ_1 + λ2·τ_2 (paper: [0, 5])
     max_new_tokens: int = 24
+    #: λ2 values of the Affine-2 sweep at which each method's random band is computed (None: every point; DPO-Mixed's
+    #: single point always). A band costs k evaluations of every axis' test pairs per point.
+    control_lambdas: list[float] | None = [1.0]
+    #: held-out pairs per axis on which ‖f(θ0+τ) − f_lin(θ0+τ)‖ is measured (the first n of the test split)
+    nonlinearity_pairs: int = 64
 
     def backbone(self) -> CausalLM:
         raise NotImplementedError
@@ -66,6 +71,11 @@ class PreferenceSuite(Suite):
 
     def train_config(self, regime: str, preset: str) -> BaseTrainConfig:
         raise NotImplementedError
+
+    def control_random(self, preset: str) -> int:
+        """How many random vectors of each method's norm form its random band (0: no band; the temperature control
+        and the non-linearity measure are always reported)."""
+        return 4
 
     def reference(self, preset: str) -> Inputs:
         """Plain-text reference inputs (``input_ids``, ``attention_mask``) for the optional curvature term."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deltamerge import distributed as dist
 from deltamerge.data import Inputs
 from deltamerge.errors import DeltaMergeError
 from deltamerge.linearize import Params
@@ -26,17 +25,11 @@ from deltamerge.training.regime import Regime, check_finite, register
 
 
 class PreferenceRegime(Regime):
-    """Base of the DPO regimes: the head is unused (pass None); batches are preference pairs."""
+    """Base of the DPO regimes: the head is unused (pass None); batches are preference pairs. Every loss is a mean
+    over pairs (DPO-Mixed's Σ w_i·L_i / B too), so ``training/parallel.py`` splits a step over ranks and gradient-
+    accumulation micro-batches exactly; Distilled DPO's token-mean L_KD renormalises itself (``start_step``)."""
 
     needs_head = False
-
-    def setup(self) -> None:
-        super().setup()
-        # training/parallel.py splits a global batch into micro-batches / rank shares of an ArrayDataset; the
-        # preference pair batches (dicts of prompt/chosen/rejected tensors) are not split there yet.
-        if self.cfg.grad_accum_steps > 1 or dist.world_size() > 1:
-            raise DeltaMergeError(f"regime '{self.name}' does not support gradient accumulation or data-parallel "
-                                  "training yet: use grad_accum_steps=1 and a single process")
 
     def mix_weights(self) -> list[float] | None:
         return None

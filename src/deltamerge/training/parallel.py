@@ -93,6 +93,7 @@ def gradient_step(regime, params: list[Tensor], data: ArrayDataset, index: Tenso
     rng_state = rng.getstate() if rng is not None else None
     acc: dict[int, Tensor] = {}
     logs: dict[str, float] = {}
+    regime.start_step(data, index)  # e.g. Distilled DPO's global token count (a failed step ends the run)
     for j, part in enumerate(micro_batches(index, cfg.grad_accum_steps)):
         if j and rng_state is not None:
             rng.setstate(rng_state)  # the same α (and any other per-step draw) on every micro-batch
@@ -113,6 +114,7 @@ def gradient_step(regime, params: list[Tensor], data: ArrayDataset, index: Tenso
             t.grad = None
         for key, value in part_logs.items():
             logs[key] = logs.get(key, 0.0) + w * float(value)
+    regime.end_step()
     grads = []
     for t in params:
         t.grad = acc.get(id(t))

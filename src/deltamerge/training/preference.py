@@ -96,9 +96,15 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
 def response_kd(student: Tensor, teacher: Tensor, response_mask: Tensor) -> Tensor:
     """Feature distillation on response tokens: mean over response tokens of ‖h_S − h_T‖² (squared L2 over the
     hidden dimension) — Eq. 8's per-example feature error, taken per token and masked to the response."""
-    mask = response_mask.to(student.dtype)
-    err = (student.float() - teacher.float()).square().sum(-1)
+    err = token_errors(student, teacher)
+    mask = response_mask.to(err.dtype)
     return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def token_errors(student: Tensor, teacher: Tensor) -> Tensor:
+    """‖h_S − h_T‖² per token, in float32 at least (bf16 inputs are upcast; float64 stays float64)."""
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    return (student.to(dtype) - teacher.to(dtype)).square().sum(-1)
 
 
 def pair_weights(labels: Tensor, weights: list[float] | None) -> Tensor | None:

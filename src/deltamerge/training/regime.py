@@ -121,6 +121,13 @@ class Regime:
         the deltas; a regime that optimises another parametrization (LoRA's factors) overrides this."""
         return {n: t.detach() for n, t in self.vectors[role].items()}, None
 
+    def start_step(self, data: ArrayDataset, index: Tensor) -> None:
+        """Called before a step that ``training/parallel.py`` splits over ranks / micro-batches, with the whole
+        global batch's ``index`` (e.g. Distilled DPO counts its response tokens); not called for a plain step."""
+
+    def end_step(self) -> None:
+        """Called after a split step (undoes ``start_step``)."""
+
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. TaLoS projects τ back onto its mask)."""
 
