@@ -28,7 +28,8 @@ import torch
 from deltamerge.taskvector import TaskVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bit_identity.json"
-DPO_REGIMES = ["dpo", "dpo-linear", "dpo-distilled", "dpo-distilled-curvature", "dpo-mixed", "dpo-lora"]
+DPO_REGIMES = ["dpo", "dpo-linear", "dpo-distilled", "dpo-distilled-curvature", "dpo-mixed", "dpo-lora",
+               "dpo-distilled-lora"]  # dpo-distilled-lora: new in issue 26, hashed from its first merged code
 
 
 def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
