@@ -127,9 +127,10 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     if any(get_regime(r).needs_curvature for r in regimes):
         t0 = time.perf_counter()
         # one curvature serves every regime: with dense blocks when a DELTA config asks for them (dense_norm_blocks)
-        dense = any(getattr(train_config(suite, cfg, r), "dense_norm_blocks", False) for r in regimes
-                    if get_regime(r).needs_curvature)
-        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense)
+        users = [train_config(suite, cfg, r) for r in regimes if get_regime(r).needs_curvature]
+        dense = any(getattr(c, "dense_norm_blocks", False) for c in users)
+        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense,
+                                               profiles=[getattr(c, "profile", "paper") for c in users])
         timing["curvature_s"] = round(time.perf_counter() - t0, 2)
     eval_cfg = cfg.eval or suite.eval_config(cfg.preset)
     ctx = protocols.EvalContext(backbone, heads, eval_cfg)
