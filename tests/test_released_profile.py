@@ -226,3 +226,18 @@ def test_released_run_estimates_expand_factors_where_the_suite_says_reduce(tmp_p
     mine = RunConfig(suite="synthetic", out=tmp_path, curvature=CurvatureConfig(kfac_approx="reduce", probes="exact"))
     kept = load_or_estimate_curvature(suite, bb, mine, tmp_path / "c.safetensors", profiles=["released"])
     assert kept.meta["config"]["kfac_approx"] == "reduce"
+
+
+def test_cli_curvature_takes_the_token_factorisation(tmp_path):
+    from typer.testing import CliRunner
+
+    from deltamerge.cli import app
+    from deltamerge.curvature import Curvature
+
+    out = tmp_path / "c.safetensors"
+    r = CliRunner().invoke(app, ["curvature", "synthetic", "--out", str(out), "--kfac-approx", "expand"])
+    assert r.exit_code == 0, r.output
+    assert Curvature.load(out).meta["config"]["kfac_approx"] == "expand"
+    r = CliRunner().invoke(app, ["curvature", "synthetic", "--out", str(tmp_path / "d.safetensors"),
+                                 "--kfac-approx", "sideways"])
+    assert r.exit_code == 2 and "--kfac-approx" in r.output and "expand" in r.output
