@@ -27,13 +27,16 @@ def _cfg(regime="delta", **kw):
 
 
 def test_released_profile_is_one_switch_and_explicit_settings_win():
-    cfg = train_config("delta", profile="released")
+    cfg = train_config("delta", profile="released")  # what the authors' loop executes: α ≡ 1 (issue 23 item 1)
     assert (cfg.student_ce_at, cfg.teacher_ce_at, cfg.alpha_sampling, cfg.projection_penalty_scale,
-            cfg.dense_norm_blocks) == ("alpha", "alpha", "curriculum", 0.1, True)
+            cfg.dense_norm_blocks) == ("theta", "theta", "fixed", 0.1, True)
+    path = train_config("delta", profile="released-along-path")  # the branch their loop never reaches
+    assert (path.student_ce_at, path.teacher_ce_at, path.alpha_sampling, path.projection_penalty_scale,
+            path.dense_norm_blocks) == ("alpha", "alpha", "curriculum", 0.1, True)
     assert train_config("delta", profile="released", dense_norm_blocks=False,
                         alpha_sampling="uniform").alpha_sampling == "uniform"
     lora = train_config("delta-lora", profile="released")  # delta-lora's share of the bundle: its LoRA teacher
-    assert (lora.delta_lora_teacher, lora.teacher_lr, lora.student_ce_at) == ("lora", 3e-4, "alpha")
+    assert (lora.delta_lora_teacher, lora.teacher_lr, lora.student_ce_at) == ("lora", 3e-4, "theta")
     paper = train_config("delta")
     assert (paper.student_ce_at, paper.teacher_ce_at, paper.alpha_sampling, paper.projection_penalty_scale) == \
         ("theta", "theta", "uniform", 1.0)
@@ -45,6 +48,9 @@ def test_released_profile_through_run_overrides():
 
     run = RunConfig(suite="synthetic", train={"delta": {"profile": "released", "dense_norm_blocks": False}})
     cfg = train_config(get_suite("synthetic"), run, "delta")
+    assert cfg.student_ce_at == cfg.teacher_ce_at == "theta" and cfg.alpha_sampling == "fixed"
+    run = RunConfig(suite="synthetic", train={"delta": {"profile": "released-along-path"}})
+    cfg = train_config(get_suite("synthetic"), run, "delta")
     assert cfg.student_ce_at == cfg.teacher_ce_at == "alpha" and cfg.alpha_sampling == "curriculum"
     assert cfg.lr == get_suite("synthetic").train_config("delta", "quick").lr  # the suite's settings are kept
 
@@ -55,7 +61,8 @@ def test_released_profile_runs_with_and_without_dense_norm_blocks():
     curv = estimate_curvature(backbone, torch.randn(16, 8), CurvatureConfig(probes="exact", progress=False))
     out = train(backbone, head, _data(), _cfg(profile="released"), curvature=curv)
     assert out["student"].meta["config"]["dense_norm_blocks"] is True
-    out = train(backbone, head, _data(), _cfg(profile="released", dense_norm_blocks=False), curvature=curv)
+    out = train(backbone, head, _data(), _cfg(profile="released-along-path", dense_norm_blocks=False),
+                curvature=curv)
     assert out["student"].meta["config"]["teacher_ce_at"] == "alpha"
 
 

@@ -95,6 +95,8 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
               preset: str = "quick", probes: Optional[str] = typer.Option(None, help="exact or mc"),
               kind: Optional[str] = typer.Option(None, help="ekfac or kfac"),
               num_examples: Optional[int] = None, force: bool = False,
+              kfac_approx: Optional[str] = typer.Option(
+                  None, help="auto, expand or reduce: token factorisation (profile: released uses expand)"),
               dense_blocks: Optional[bool] = typer.Option(
                   None, "--dense-blocks/--no-dense-blocks",
                   help="also dense GGN blocks for LayerNorms / class embedding (DELTA's dense_norm_blocks)")) -> None:
@@ -106,7 +108,7 @@ def curvature(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a
     s = get_suite_checked(suite)
     cfg = s.curvature_config(preset)
     updates = {k: v for k, v in {"probes": probes, "kind": kind, "num_examples": num_examples,
-                                 "dense_blocks": dense_blocks}.items()
+                                 "kfac_approx": kfac_approx, "dense_blocks": dense_blocks}.items()
                if v is not None}  # 0 is a value (refused), not "unset"
     cfg = cfg.model_validate({**cfg.model_dump(), **updates})
     curv = estimate_curvature(s.backbone(), s.reference(preset), cfg)

@@ -145,8 +145,10 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     if any(get_regime(r).needs_curvature for r in regimes):
         t0 = time.perf_counter()
         # one curvature serves every regime: with dense blocks when a DELTA config asks for them (dense_norm_blocks)
-        dense = wants_dense_blocks(train_config(suite, cfg, r) for r in regimes if get_regime(r).needs_curvature)
-        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense)
+        users = [train_config(suite, cfg, r) for r in regimes if get_regime(r).needs_curvature]
+        dense = wants_dense_blocks(users)
+        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense,
+                                               profiles=[getattr(c, "profile", "paper") for c in users])
         timing["curvature_s"] = round(time.perf_counter() - t0, 2)
     eval_cfg = cfg.eval or suite.eval_config(cfg.preset)
     ctx = protocols.EvalContext(backbone, heads, eval_cfg)

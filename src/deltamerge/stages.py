@@ -12,6 +12,7 @@ from deltamerge import rundir
 from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, CurvatureConfig, RunConfig, config_hash
+from deltamerge.config.profiles import profile_curvature
 from deltamerge.curvature import Curvature, estimate_curvature
 from deltamerge.curvature.cache import load_or_estimate
 from deltamerge.data import Task
@@ -44,11 +45,19 @@ def wants_dense_blocks(cfgs: Iterable[BaseTrainConfig]) -> bool:
 
 
 def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path,
-                               dense_blocks: bool = False) -> Curvature:
+                               dense_blocks: bool = False, profiles: list[str] | None = None) -> Curvature:
     """The run's reference curvature, estimated once and reused while its config and reference set are unchanged.
     ``dense_blocks``: a DELTA config of the run has ``dense_norm_blocks`` — the curvature gets its dense LayerNorm /
-    class-embedding blocks (added to a cached estimate that lacks only them, without re-estimating the EK-FAC)."""
+    class-embedding blocks (added to a cached estimate that lacks only them, without re-estimating the EK-FAC).
+    ``profiles``: the profiles of the run's curvature-using configs; ``released`` and ``released-along-path`` ask
+    per-token factors (``kfac_approx: expand``, config/profiles.py ``CURVATURE_OF``) unless the run's ``curvature``
+    section sets ``kfac_approx``."""
     cfg = run_curvature_config(suite, run)
+    asked = profile_curvature(list(profiles or []), set(run.curvature.model_fields_set) if run.curvature else set())
+    if any(getattr(cfg, k) != v for k, v in asked.items()):
+        log(f"curvature: {', '.join(f'{k}={v}' for k, v in asked.items())} (asked by profile "
+            f"{', '.join(sorted(set(profiles or [])))})")
+        cfg = cfg.model_copy(update=asked)
     if dense_blocks and not cfg.dense_blocks:
         cfg = cfg.model_copy(update={"dense_blocks": True})
     with_blocks = cfg.model_copy(update={"dense_blocks": True})

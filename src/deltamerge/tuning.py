@@ -92,8 +92,10 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     heads = load_or_build_heads(suite, backbone, task_map, out / rundir.HEADS)
     run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out, suite_options=suite_options or {})
     base_cfg = suite.train_config(regime, preset)
-    dense = wants_dense_blocks(with_overrides(base_cfg, p) for p in grid_points(grid, regime))
-    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE, dense_blocks=dense)
+    points = [with_overrides(base_cfg, p) for p in grid_points(grid, regime)]
+    dense = wants_dense_blocks(points)
+    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE, dense_blocks=dense,
+                                            profiles=[getattr(c, "profile", "paper") for c in points])
                  if regime_cls.needs_curvature else None)
     others = OtherTasks(suite, backbone, task_map, preset, out / rundir.TASK_CURVATURE, log)  # τJp's inputs, TAK's KFAC
     ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))

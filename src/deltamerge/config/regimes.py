@@ -81,16 +81,18 @@ class DeltaSettings(PenaltySchedule):
     beta_teacher: float = Field(500.0, ge=0)
     beta_student: float = Field(500.0, ge=0)
     gamma: float = Field(1.0, ge=0)
-    alpha_sampling: Literal["uniform", "curriculum", "fixed"] = "uniform"  # U(0.5,1) / released code's [0.5,2] / α=1
+    alpha_sampling: Literal["uniform", "curriculum", "fixed"] = "uniform"  # U(0.5,1) / [0.5,2] (released code's
+    #   unreached along-path branch) / α=1 (what the released loop executes)
     alpha_low: float = 0.5
     alpha_high: float = 1.0
-    student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released code: at θ0+α·τ_S
-    teacher_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at f_lin(θ_T); released code: at f0 + α·Jτ_T
+    student_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at θ_S; released along-path: at θ0+α·τ_S
+    teacher_ce_at: Literal["theta", "alpha"] = "theta"  # paper: CE at f_lin(θ_T); released along-path: f0 + α·Jτ_T
     projection_penalty_scale: float = Field(1.0, ge=0)  # DELTA drift: output projection's block ×this (released 0.1)
     dense_norm_blocks: bool = False  # released code: LayerNorms + class embedding trained, their drift penalised by
     #   dense GGN blocks (curvature/dense_blocks.py) ×dense_block_scale; regime delta only (the field sits here, with
     #   the other DELTA switches, so that existing delta-lora / dpo-distilled result hashes stay valid)
-    profile: Literal["paper", "released"] = "paper"  # a named bundle of the switches above (config/profiles.py)
+    profile: Literal["paper", "released", "released-along-path"] = "paper"  # a named bundle of switches
+    #   (config/profiles.py; docs/reproduce.md)
     kd_every: int = Field(1, ge=1)  # apply L_KD every k steps with weight k; 1 = paper
     penalty_batched: bool = True  # drift penalty as one bmm chain per layer shape (= the per-layer loop's value)
 
@@ -158,8 +160,14 @@ class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
     """DELTA: linearized teacher distilled into a non-linear student along the α path."""
 
     regime: Literal["delta"] = "delta"
-    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_block_scale",)  # config_hash: absent at the default
+    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_block_scale", "dense_block_reduction",
+                                                     "dense_block_bias")  # config_hash: absent at the default
     dense_block_scale: float = Field(10.0, ge=0)  # with dense_norm_blocks: the dense blocks' weight (released: ×10)
+    # with dense_norm_blocks (curvature/dense_blocks.py ``penalty_form``): G_p as the mean over the N reference
+    # examples (paper profile's choice) or their sum (released code, ×N); weight and bias of a LayerNorm as one joint
+    # block with cross terms (paper profile's choice) or as separate blocks (released code)
+    dense_block_reduction: Literal["mean", "sum"] = "mean"
+    dense_block_bias: Literal["joint", "separate"] = "joint"
 
 
 @regime_config

@@ -6,6 +6,10 @@ parameters of one LayerNorm, flattened and concatenated in ``params`` order, or 
 
     G_p = (1/N) Σ_n J_p(x_n)ᵀ J_p(x_n),    J_p(x) = ∂g(x)/∂p  [D × d_p],    g = T∘f (feature_space.py)
 
+(stored with N; ``penalty_form`` turns it into what DELTA penalises: the mean with one joint weight–bias block, the
+paper profile's choice, or — ``profile: released`` — the authors' sum over the N examples with weight and bias as
+separate blocks)
+
 the same matrix the EK-FAC approximates for the Linear/Conv layers (the GGN of the last hidden features under an
 identity output Hessian, label-free), restricted to the group's diagonal block and kept exactly. Its penalty
 τ_pᵀ G_p τ_p = mean_n ‖J_p(x_n) τ_p‖² is added to L_drift (``Curvature.penalty``; block-diagonal across groups and
@@ -66,13 +70,14 @@ class DenseBlock:
     params: list[str]
     shapes: list[tuple[int, ...]]
     G: Tensor
+    num_data: int = 0               # N, the reference examples G averages over (0: not recorded, older files)
 
     @property
     def dim(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
 
     def to(self, device: torch.device | str) -> "DenseBlock":
-        return DenseBlock(self.name, list(self.params), list(self.shapes), self.G.to(device))
+        return DenseBlock(self.name, list(self.params), list(self.shapes), self.G.to(device), self.num_data)
 
     def vector(self, delta: dict[str, Tensor]) -> Tensor | None:
         """τ_p (flattened, missing parameters as zeros) in G's dtype; None when no parameter of the group is in
@@ -196,8 +201,34 @@ def estimate_dense_blocks(backbone: "Backbone", reference: Inputs, cfg: "Curvatu
         for p in backbone.parameters():
             p.requires_grad_(flags[id(p)])
     all_reduce_tensors_(list(sums.values()), what="dense curvature block all-reduce")
-    return [DenseBlock(g, list(ps), [tuple(params[p].shape) for p in ps], (sums[g] / n).to(dtype).cpu())
+    return [DenseBlock(g, list(ps), [tuple(params[p].shape) for p in ps], (sums[g] / n).to(dtype).cpu(), int(n))
             for g, ps in groups.items()]
+
+
+def penalty_form(block: DenseBlock, reduction: str = "mean", bias: str = "joint") -> DenseBlock:
+    """``block`` as DELTA's drift penalty uses it. ``reduction``: "mean" keeps G_p = (1/N) Σ_n J_pᵀJ_p (the paper
+    profile), "sum" gives Σ_n J_pᵀJ_p = N·G_p (the authors' EK-FAC code sums without 1/N). ``bias``: "joint" keeps the
+    cross terms between a group's parameters (one block for a LayerNorm's weight and bias), "separate" zeroes them
+    (one block per parameter, as the authors' code; τᵀGτ then equals the sum of the per-parameter penalties)."""
+    if reduction not in ("mean", "sum") or bias not in ("joint", "separate"):
+        raise DeltaMergeError(f"dense block form: reduction must be 'mean' or 'sum' (got {reduction!r}), bias "
+                              f"'joint' or 'separate' (got {bias!r})")
+    G = block.G
+    if bias == "separate" and len(block.params) > 1:
+        keep = torch.zeros_like(G, dtype=torch.bool)
+        start = 0
+        for s in block.shapes:
+            end = start + math.prod(s)
+            keep[start:end, start:end] = True
+            start = end
+        G = torch.where(keep, G, torch.zeros_like(G))
+    if reduction == "sum":
+        if block.num_data <= 0:
+            raise DeltaMergeError(f"dense block '{block.name}' does not record its number of reference examples "
+                                  "(a curvature file from an older version): estimate the curvature again to use "
+                                  "dense_block_reduction: sum")
+        G = G * block.num_data
+    return DenseBlock(block.name, list(block.params), list(block.shapes), G, block.num_data)
 
 
 def with_dense_blocks(curvature: "Curvature", backbone: "Backbone", reference: Inputs,
@@ -240,7 +271,8 @@ def dense_weights(curvature: "Curvature", names: list[str], scale: float) -> dic
 
 def block_specs(blocks: list[DenseBlock]) -> list[dict[str, Any]]:
     """The blocks' metadata entries (the artifact stores ``G`` as tensor ``dense/<name>``)."""
-    return [{"name": b.name, "params": list(b.params), "shapes": [list(s) for s in b.shapes]} for b in blocks]
+    return [{"name": b.name, "params": list(b.params), "shapes": [list(s) for s in b.shapes],
+             **({"num_data": b.num_data} if b.num_data > 0 else {})} for b in blocks]
 
 
 def blocks_from(specs: Any, tensors: dict[str, Tensor], path: Any,
@@ -262,7 +294,11 @@ def blocks_from(specs: Any, tensors: dict[str, Tensor], path: Any,
         if key not in tensors:
             raise DeltaMergeError(f"{path}: dense block '{spec['name']}' lacks its tensor: corrupt or incomplete "
                                   "curvature file (estimate it again)")
-        block = DenseBlock(spec["name"], list(spec["params"]), [tuple(s) for s in spec["shapes"]], tensors[key])
+        num = spec.get("num_data", 0)
+        if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+            raise DeltaMergeError(f"{path}: corrupt curvature metadata (dense block '{spec['name']}' has num_data "
+                                  f"{num!r})")
+        block = DenseBlock(spec["name"], list(spec["params"]), [tuple(s) for s in spec["shapes"]], tensors[key], num)
         if tuple(block.G.shape) != (block.dim, block.dim):
             raise DeltaMergeError(f"{path}: dense block '{block.name}' is {tuple(block.G.shape)}, expected "
                                   f"({block.dim}, {block.dim}) from its parameters' shapes")

@@ -127,7 +127,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
 
         curv = estimate_curvature(backbone, reference, cfg.model_copy(update={"dense_blocks": False}), modules)
         return with_dense_blocks(curv, backbone, reference, cfg)
-    modules = _resolve_modules(backbone, modules)
+    modules = _used_modules(backbone, reference, _resolve_modules(backbone, modules), device)
     split = _split_attention_keys(reference, cfg, modules)
     if split is not None:  # keys with KFAC-expand, the rest with reduce: two estimates, one curvature
         return _joined([estimate_curvature(backbone, reference, sub, mods) for sub, mods in split], cfg, backbone)
@@ -196,12 +196,49 @@ def probe_seed(seed: int) -> int:
     return CURVLINOPS_DEFAULT_SEED + seed
 
 
+def _used_modules(backbone: Backbone, reference: Inputs, modules: list[str], device: torch.device) -> list[str]:
+    """``modules`` less those whose output never reaches the features (e.g. HF ViT's pooler when the features are
+    the CLS hidden state, chosen by a ``curvature`` pattern): curvlinops would fail on them ("differentiated Tensor
+    ... not used in the graph"), and their GGN block is 0. Found with one forward on two reference examples and
+    autograd's graph; the layers left out are named in a warning."""
+    outputs: dict[str, list[Tensor]] = {m: [] for m in modules}
+    handles = [backbone.get_submodule(m).register_forward_hook(
+        lambda _mod, _inp, out, name=m: outputs[name].append(out)) for m in modules]
+    flags = {id(p): p.requires_grad for p in backbone.parameters()}
+    try:
+        for m in modules:
+            backbone.get_submodule(m).weight.requires_grad_(True)
+        sample = to_device(take(reference, torch.arange(min(num_rows(reference), 2))), device)
+        with torch.enable_grad():
+            feats = backbone(sample)
+            flat = [(m, o) for m in modules for o in outputs[m] if isinstance(o, Tensor) and o.requires_grad]
+            grads = torch.autograd.grad(feats.sum(), [o for _, o in flat], allow_unused=True) if flat else []
+    finally:
+        for h in handles:
+            h.remove()
+        for p in backbone.parameters():
+            p.requires_grad_(flags[id(p)])
+    reached = {m for (m, _), g in zip(flat, grads) if g is not None}
+    unused = [m for m in modules if m not in reached]
+    if unused:
+        if len(unused) == len(modules):
+            raise DeltaMergeError(f"{backbone.name}: none of the curvature layers reaches the features "
+                                  f"({unused[:4]}): check the features rule and the curvature layers")
+        if is_main():
+            warnings.warn(f"curvature: {len(unused)} layer(s) of {backbone.name} do not reach the features and get "
+                          f"no curvature block: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''} "
+                          "(leave them out of the curvature layers to silence this)", UserWarning, stacklevel=3)
+    return [m for m in modules if m in reached]
+
+
 def _split_attention_keys(reference: Inputs, cfg: CurvatureConfig, modules: list[str]):
-    """[(config, modules)] for keys (expand) and the rest (reduce) when token inputs would put keys under "reduce";
+    """[(config, modules)] for keys (expand) and the rest (reduce) when the estimate would put keys under "reduce"
+    (token inputs by default, or any inputs with an explicit ``kfac_approx: reduce``, e.g. a ViT's patch tokens);
     None when one estimate serves every layer."""
-    if cfg.attention_keys != "expand" or not is_token_inputs(reference):
+    if cfg.attention_keys != "expand":
         return None
-    if (cfg.kfac_approx if cfg.kfac_approx != "auto" else "reduce") != "reduce":
+    if (cfg.kfac_approx if cfg.kfac_approx != "auto" else
+            ("reduce" if is_token_inputs(reference) else "expand")) != "reduce":
         return None
     keys = [m for m in modules if is_attention_key(m)]
     rest = [m for m in modules if not is_attention_key(m)]

@@ -9,11 +9,16 @@ f0 + α·Jτ_T) cost nothing more. The teacher's backward runs first and frees i
 which keeps peak memory near that of the linearized step alone. Cost levers (``DeltaConfig``; paper = defaults):
 ``student_ce_at="alpha"`` (one student forward), ``penalty_every`` / ``kd_every`` = k (term every k steps with weight
 k), ``penalty_batched`` (exact), ``compile``, ``bf16``. ``dense_norm_blocks`` (the released code): the LayerNorms and
-the class embedding train too (training/loop.py), and L_drift includes their dense curvature blocks ×dense_block_scale.
+the class embedding train too (training/loop.py), and L_drift includes their dense curvature blocks ×dense_block_scale
+(in the form ``dense_block_reduction`` / ``dense_block_bias`` select: curvature/dense_blocks.py ``penalty_form``).
+``profile: released`` is what the authors' training loop executes: α ≡ 1 (``alpha_sampling="fixed"``), so both CEs
+are at θ and L_KD compares f(θ_S) with f_lin(θ_T); ``released-along-path`` is the branch their loop never reaches
+(docs/reproduce.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
@@ -21,14 +26,15 @@ from torch import Tensor
 
 from deltamerge.data import Inputs
 from deltamerge.linearize import FunctionalModel, Params
-from deltamerge.curvature.dense_blocks import dense_weights
+from deltamerge.curvature.dense_blocks import dense_weights, penalty_form
 from deltamerge.training.penalty_scaling import projection_weights, weighted
 from deltamerge.training.regime import Regime, check_finite, register
 
 
 def sample_alpha(cfg, step: int, rng: random.Random) -> float:
     """α ~ U(alpha_low, alpha_high) (paper), a curriculum widening from {1} to [0.5, 2] as (step/steps)^½
-    (the authors' released code), or α = 1 (no along-path distillation)."""
+    (the released code's along-path branch, which its training loop never reaches), or α = 1 (no along-path
+    distillation: what the released loop executes)."""
     if cfg.alpha_sampling == "fixed":
         return 1.0
     if cfg.alpha_sampling == "curriculum":
@@ -56,6 +62,11 @@ class Delta(Regime):
         self.layer_weights = projection_weights(self.model.backbone, self.model.names,
                                                 self.cfg.projection_penalty_scale)
         if getattr(self.cfg, "dense_norm_blocks", False):  # dense LayerNorm / class-embedding blocks ×scale
+            reduction = getattr(self.cfg, "dense_block_reduction", "mean")
+            bias = getattr(self.cfg, "dense_block_bias", "joint")
+            if (reduction, bias) != ("mean", "joint"):  # the released code's form (sum over N, separate blocks)
+                self.curvature = dataclasses.replace(
+                    self.curvature, dense=[penalty_form(b, reduction, bias) for b in self.curvature.dense])
             self.layer_weights.update(dense_weights(self.curvature, self.model.names, self.cfg.dense_block_scale))
         self._teacher = self.compiled(self._teacher_terms)
         self._student_features = self.compiled(self._student_forward)
@@ -87,7 +98,7 @@ class Delta(Regime):
         loss_t.backward()  # frees the teacher's graph before the student's forward
 
         # Student: L_S = CE(f(θ_S)) + β_S·L_drift(τ_S) + γ·L_KD.
-        if cfg.student_ce_at == "alpha":  # released-code variant: one forward at θ0 + α·τ_S serves CE and KD
+        if cfg.student_ce_at == "alpha":  # released-along-path variant: one forward at θ0 + α·τ_S serves CE and KD
             feats_ce = feats_alpha = self._student_features(inputs, tau_s, alpha_t)
         else:
             feats_ce = self._student_features(inputs, tau_s, torch.ones_like(alpha_t))
