@@ -133,8 +133,15 @@ class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
     """DELTA: linearized teacher distilled into a non-linear student along the α path."""
 
     regime: Literal["delta"] = "delta"
-    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_block_scale",)  # config_hash: absent at the default
+    hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_block_scale", "drift", "drift_batch_size",
+                                                     "reference_augment")  # config_hash: absent at the default
     dense_block_scale: float = Field(10.0, ge=0)  # with dense_norm_blocks: the dense blocks' weight (released: ×10)
+    # L_drift: "ekfac" (the paper: τᵀĜτ with the reference set's EK-FAC) or "function" (issue 25: ‖J(x_r)·τ_T‖² and
+    # ‖f(x_r; θ0+τ_S) − f(x_r; θ0)‖² on a fresh reference minibatch of drift_batch_size inputs each step;
+    # training/function_drift.py); reference_augment: grayscale / scale / colour augmentation of those inputs
+    drift: Literal["ekfac", "function"] = "ekfac"
+    drift_batch_size: int = Field(32, ge=1)
+    reference_augment: bool = False
 
 
 class LoRAConfig(LoRASettings, Trainable, BaseTrainConfig):
