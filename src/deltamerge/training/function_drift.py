@@ -45,9 +45,9 @@ def student_drift(model: FunctionalModel, inputs: Inputs, tau: Params, f0: Tenso
 
 def augment(x: Tensor, generator: torch.Generator, p_gray: float = 0.3, min_scale: float = 0.6,
             gain: float = 0.2) -> Tensor:
-    """Task-agnostic augmentation of uint8 images ``[B, C, H, W]``: per image a random square-ish crop of
-    ``min_scale``–1 of each side resized back, a per-channel colour gain in [1 − gain, 1 + gain], and grayscale with
-    probability ``p_gray``. Returns uint8 of the same shape."""
+    """Task-agnostic augmentation of images ``[B, C, H, W]`` with pixel values 0..255 (uint8 or float): per image a
+    random crop of ``min_scale``–1 of each side resized back, a per-channel colour gain in [1 − gain, 1 + gain], and
+    grayscale (3 channels only) with probability ``p_gray``. Returns the input's shape and dtype."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise DeltaMergeError("reference_augment applies to image references ([B, C, H, W] tensors) only")
     b, c, h, w = x.shape
@@ -62,7 +62,7 @@ def augment(x: Tensor, generator: torch.Generator, p_gray: float = 0.3, min_scal
         img = img * (1 - gain + 2 * gain * u[i, 4:4 + c].view(c, 1, 1))
         if c == 3 and float(u[i, 3]) < p_gray:
             img = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).expand(3, h, w)
-        out.append(img.round().clamp(0, 255).to(torch.uint8))
+        out.append(img.round().clamp(0, 255).to(x.dtype))
     return torch.stack(out)
 
 
