@@ -112,3 +112,22 @@ def test_optional_assets_are_fetched_by_the_suite_command_only():
     assert "broad-photos" not in registry.suite_assets("vision-mini")
     assert set(registry.suite_assets("vision-mini", optional=True)) >= {"broad-photos", "openclipart", "emoji"}
     assert set(registry.suite_assets("vision-mini6")) >= {"openclipart", "emoji"}
+
+
+def test_cli_fetch_required_only_skips_every_optional_asset(monkeypatch):
+    from typer.testing import CliRunner
+
+    from deltamerge.cli import app
+
+    fetched, suites = [], []
+    monkeypatch.setattr(assets, "fetch", lambda name, **kw: fetched.append(name))
+    monkeypatch.setattr(assets, "fetch_suite", lambda suite, **kw: suites.append((suite, kw)))
+    r = CliRunner().invoke(app, ["assets", "fetch", "--required-only"])
+    assert r.exit_code == 0, r.output
+    assert not {"broad-photos", "openclipart", "emoji"} & set(fetched)
+    assert {"efficientnet-lite0", "minilm", "smollm2"} <= set(fetched)
+    fetched.clear()
+    assert CliRunner().invoke(app, ["assets", "fetch"]).exit_code == 0
+    assert {"broad-photos", "openclipart", "emoji"} <= set(fetched)
+    assert CliRunner().invoke(app, ["assets", "fetch", "vision-mini"]).exit_code == 0
+    assert suites == [("vision-mini", {"force": False, "optional": True})]
