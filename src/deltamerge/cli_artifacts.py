@@ -11,6 +11,7 @@ from deltamerge.cli_common import app, assets_app, friendly, get_suite_checked
 from deltamerge.errors import DeltaMergeError
 from deltamerge.safeio import check_outputs
 
+
 @assets_app.command("fetch")
 @friendly
 def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, text-mini or llm-mini (default: all)"),
@@ -33,6 +34,7 @@ def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, 
             fetch(asset, force=force)
         typer.echo(f"{name}: assets ready" + (" (required only)" if skip else ""))
 
+
 @assets_app.command("list")
 @friendly
 def assets_list() -> None:
@@ -41,6 +43,7 @@ def assets_list() -> None:
 
     for row in list_assets():
         typer.echo(" | ".join(str(v) for v in row.values()))
+
 
 @app.command()
 @friendly
