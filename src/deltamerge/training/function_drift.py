@@ -46,24 +46,25 @@ def student_drift(model: FunctionalModel, inputs: Inputs, tau: Params, f0: Tenso
 def augment(x: Tensor, generator: torch.Generator, p_gray: float = 0.3, min_scale: float = 0.6,
             gain: float = 0.2) -> Tensor:
     """Task-agnostic augmentation of images ``[B, C, H, W]`` with pixel values 0..255 (uint8 or float): per image a
-    random crop of ``min_scale``–1 of each side resized back, a per-channel colour gain in [1 − gain, 1 + gain], and
-    grayscale (3 channels only) with probability ``p_gray``. Returns the input's shape and dtype."""
+    random crop of ``min_scale``–1 of each side resized back (bilinear, one batched ``grid_sample``), a per-channel
+    colour gain in [1 − gain, 1 + gain], and grayscale (3 channels only) with probability ``p_gray``. Returns the
+    input's shape and dtype."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise DeltaMergeError("reference_augment applies to image references ([B, C, H, W] tensors) only")
     b, c, h, w = x.shape
-    out = []
-    u = torch.rand(b, 4 + c, generator=generator)
-    for i in range(b):
-        s = min_scale + (1 - min_scale) * float(u[i, 0])
-        ch, cw = max(1, round(h * s)), max(1, round(w * s))
-        top, left = int(float(u[i, 1]) * (h - ch + 1)), int(float(u[i, 2]) * (w - cw + 1))
-        crop = x[i:i + 1, :, top:top + ch, left:left + cw].float()
-        img = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
-        img = img * (1 - gain + 2 * gain * u[i, 4:4 + c].view(c, 1, 1))
-        if c == 3 and float(u[i, 3]) < p_gray:
-            img = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).expand(3, h, w)
-        out.append(img.round().clamp(0, 255).to(x.dtype))
-    return torch.stack(out)
+    u = torch.rand(b, 4 + c, generator=generator).to(x.device)
+    scale = min_scale + (1 - min_scale) * u[:, 0]
+    # crop of side `scale` (normalised coordinates: the image spans [-1, 1]) centred anywhere it fits
+    cx, cy = (2 * u[:, 1] - 1) * (1 - scale), (2 * u[:, 2] - 1) * (1 - scale)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = scale, scale, cx, cy
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    img = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    img = img * (1 - gain + 2 * gain * u[:, 4:4 + c]).view(b, c, 1, 1)
+    if c == 3:
+        gray = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1).expand(b, 3, h, w)
+        img = torch.where((u[:, 3] < p_gray).view(b, 1, 1, 1), gray, img)
+    return img.round().clamp(0, 255).to(x.dtype)
 
 
 class ReferenceStream:
