@@ -131,3 +131,16 @@ def test_cli_fetch_required_only_skips_every_optional_asset(monkeypatch):
     assert {"broad-photos", "openclipart", "emoji"} <= set(fetched)
     assert CliRunner().invoke(app, ["assets", "fetch", "vision-mini"]).exit_code == 0
     assert suites == [("vision-mini", {"force": False, "optional": True})]
+
+
+def test_cli_assets_list_prints_every_asset(tmp_cache):
+    from typer.testing import CliRunner
+
+    from deltamerge.cli import app
+
+    r = CliRunner().invoke(app, ["assets", "list"])
+    assert r.exit_code == 0, r.output  # main printed "internal error (AttributeError ...)" here
+    lines = r.output.splitlines()
+    assert len(lines) == len(registry.ASSETS)
+    broad = next(line for line in lines if line.startswith("broad-photos | "))
+    assert "['vision-mini', 'vision-mini6']" in broad and "| False |" in broad

@@ -39,10 +39,12 @@ def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, 
 @friendly
 def assets_list() -> None:
     """Show every offline asset, its source, licence and whether it is installed."""
+    from dataclasses import asdict
+
     from deltamerge.assets import list_assets
 
     for row in list_assets():
-        typer.echo(" | ".join(str(v) for v in row.values()))
+        typer.echo(" | ".join(str(v) for v in asdict(row).values()))
 
 
 @app.command()
