@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(BIN)/deltamerge demo
 
 test: $(STAMP) $(MERGEKIT_STAMP)
-	$(BIN)/deltamerge assets fetch
+	$(BIN)/deltamerge assets fetch --required-only
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -29,6 +29,7 @@ from bench_models import ModelSpec, model_spec, random_curvature, random_head  #
 from deltamerge.config import CurvatureConfig, train_config  # noqa: E402
 from deltamerge.linearize import FunctionalModel  # noqa: E402
 from deltamerge.training import get_regime, trainable_names  # noqa: E402
+from deltamerge.training.context import TrainContext  # noqa: E402
 from deltamerge.training.loop import _Trainer  # noqa: E402  (the loop's optimizer + decoupled decay, unchanged)
 
 
@@ -43,6 +44,10 @@ def train_rows(k: int) -> dict[str, tuple[str, dict, str]]:
         "delta-ce-alpha": ("delta", {"student_ce_at": "alpha"}, "DELTA, student CE at θ0+ατ_S (one forward)"),
         f"delta-ce-alpha-k{k}": ("delta", {"student_ce_at": "alpha", "penalty_every": k},
                                  f"DELTA, CE at θ0+ατ_S, penalty every {k} steps ×{k}"),
+        "delta-function": ("delta", {"drift": "function"},
+                           "DELTA paper default, function-space drift (32 reference inputs per step)"),
+        "delta-function-aug": ("delta", {"drift": "function", "reference_augment": True},
+                               "DELTA, function-space drift on augmented reference inputs"),
     }
 
 
@@ -71,7 +76,11 @@ def measure_train(args, model: str, key: str, device: torch.device) -> dict:
     regime_cls = get_regime(regime_name)
     curvature = random_curvature(backbone, device) if regime_cls.needs_curvature else None
     model_fn = FunctionalModel(backbone, trainable_names(backbone, "default"))
-    regime = regime_cls(model_fn, head, cfg, curvature)
+    context = None
+    if overrides.get("drift") == "function":  # a random reference set, drawn from like the suite's
+        context = TrainContext(reference=spec.inputs(max(64, 2 * cfg.drift_batch_size),
+                                                     torch.Generator().manual_seed(5)).to(device))
+    regime = regime_cls(model_fn, head, cfg, curvature, context)
     trainer = _Trainer(regime, cfg)
     batches = _batches(spec, args, device)
 

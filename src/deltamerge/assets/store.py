@@ -12,7 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from deltamerge.assets.cache import asset_dir, cache_root, is_done, lock, read_marker, remove_stale_builds, staging
-from deltamerge.assets.registry import ASSETS, SUITE_ASSETS, get_spec, suite_assets, suite_of
+from deltamerge.assets.registry import ASSETS, OPTIONAL_ASSETS, SUITE_ASSETS, get_spec, suite_assets, suite_of
 from deltamerge.assets.sources import fetch_source
 from deltamerge.errors import DeltaMergeError
 
@@ -71,9 +71,10 @@ def fetch(name: str, progress: bool = True, force: bool = False) -> Path:
     return asset_dir(name)
 
 
-def fetch_suite(suite: str, progress: bool = True, force: bool = False) -> dict[str, Path]:
-    """Fetch every asset of ``suite`` ("vision-mini", "text-mini"); returns name -> directory."""
-    names = suite_assets(suite)
+def fetch_suite(suite: str, progress: bool = True, force: bool = False, optional: bool = False) -> dict[str, Path]:
+    """Fetch every asset of ``suite`` ("vision-mini", "text-mini"), with ``optional`` also those its options and
+    variants read (registry.OPTIONAL_ASSETS); returns name -> directory."""
+    names = suite_assets(suite, optional=optional)
     return {name: fetch(name, progress=progress, force=force) for name in names}
 
 
@@ -102,7 +103,8 @@ def require(name: str, filename: str | None = None) -> Path:
 def list_assets() -> list[AssetInfo]:
     """Every registered asset with its sources, licence and whether it is in the cache."""
     return [AssetInfo(name=spec.name,
-                      suites=[s for s, names in SUITE_ASSETS.items() if spec.name in names],
+                      suites=[s for table in (SUITE_ASSETS, OPTIONAL_ASSETS) for s, names in table.items()
+                              if spec.name in names],
                       sources=[str(s) for s in spec.sources], licence=spec.licence,
                       description=spec.description, installed=is_installed(spec.name), path=asset_dir(spec.name))
             for spec in ASSETS.values()]

@@ -161,13 +161,20 @@ class DeltaConfig(DeltaSettings, Trainable, BaseTrainConfig):
 
     regime: Literal["delta"] = "delta"
     hash_omit_defaults: ClassVar[tuple[str, ...]] = ("dense_block_scale", "dense_block_reduction",
-                                                     "dense_block_bias")  # config_hash: absent at the default
+                                                     "dense_block_bias", "drift", "drift_batch_size",
+                                                     "reference_augment")  # config_hash: absent at the default
     dense_block_scale: float = Field(10.0, ge=0)  # with dense_norm_blocks: the dense blocks' weight (released: ×10)
     # with dense_norm_blocks (curvature/dense_blocks.py ``penalty_form``): G_p as the mean over the N reference
     # examples (paper profile's choice) or their sum (released code, ×N); weight and bias of a LayerNorm as one joint
     # block with cross terms (paper profile's choice) or as separate blocks (released code)
     dense_block_reduction: Literal["mean", "sum"] = "mean"
     dense_block_bias: Literal["joint", "separate"] = "joint"
+    # L_drift: "ekfac" (the paper: τᵀĜτ with the reference set's EK-FAC) or "function" (issue 25: ‖J(x_r)·τ_T‖² and
+    # ‖f(x_r; θ0+τ_S) − f(x_r; θ0)‖² on a fresh reference minibatch of drift_batch_size inputs each step;
+    # training/function_drift.py); reference_augment: grayscale / scale / colour augmentation of those inputs
+    drift: Literal["ekfac", "function"] = "ekfac"
+    drift_batch_size: int = Field(32, ge=1)
+    reference_augment: bool = False
 
 
 @regime_config

@@ -118,3 +118,17 @@ Timing (s): {timing}
     from deltamerge.safeio import atomic_write_text
 
     return atomic_write_text(run_dir / "REPORT.md", text)
+
+
+def delta_vs_baseline(res: dict, baseline: str = "tak") -> str:
+    """One line putting DELTA's merged accuracy beside ``baseline``'s (the demo prints it whatever the result)."""
+    regimes = res["regimes"]
+    missing = [r for r in ("delta", baseline) if r not in regimes]
+    if missing:
+        return f"DELTA vs {baseline.upper()}: not compared (regimes missing from this run: {', '.join(missing)})"
+    parts = []
+    for key, label in (("alpha_1", "α = 1"), ("best", "validation-chosen α")):
+        d, b = regimes["delta"]["addition"][key], regimes[baseline]["addition"][key]
+        gap = 100 * (d["abs"] - b["abs"])
+        parts.append(f"{label}: DELTA {_pct(d['abs'])} vs {baseline.upper()} {_pct(b['abs'])} ({gap:+.1f} points)")
+    return f"merged accuracy, DELTA vs {baseline.upper()} (strongest baseline on this suite): " + "; ".join(parts)

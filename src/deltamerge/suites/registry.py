@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the registry itself stays light (the CLI lists its names wi
 SUITES: dict[str, str] = {
     "synthetic": "deltamerge.suites.synthetic:Synthetic",
     "vision-mini": "deltamerge.suites.vision_mini:VisionMini",
+    "vision-mini6": "deltamerge.suites.vision_colour:VisionMini6",
     "text-mini": "deltamerge.suites.text_mini:TextMini",
     "vision8": "deltamerge.suites.vision_hub:Vision8",
     "vision14": "deltamerge.suites.vision_hub:Vision14",

@@ -23,10 +23,11 @@ from deltamerge import assets
 from deltamerge.data import Task
 from deltamerge.suites.splits import random_crops
 
-Pool = Literal["photos", "more-photos"]
+Pool = Literal["photos", "more-photos", "broad-photos"]
 POOLS: dict[str, str] = {
     "photos": "scikit-image's photographs",
     "more-photos": "Getty Open Content photographs (stdlib npm) + scikit-learn's sample photos",
+    "broad-photos": "the photographs of four Debian packages (tuxpaint stamps, GCompris, Scratch, Plasma wallpapers)",
 }
 
 
@@ -57,7 +58,8 @@ def oracle_count(size: int, fraction: float) -> int:
 
 
 def pool_images(pools: list[str]) -> list[np.ndarray]:
-    loaders = {"photos": assets.natural_images, "more-photos": assets.more_photos}
+    loaders = {"photos": assets.natural_images, "more-photos": assets.more_photos,
+               "broad-photos": assets.broad_photos}
     return [image for pool in dict.fromkeys(pools) for image in loaders[pool]()]
 
 

@@ -24,7 +24,9 @@ import random
 import torch
 from torch import Tensor
 
-from deltamerge.data import Inputs
+from deltamerge.data import Inputs, to_device
+from deltamerge.errors import DeltaMergeError
+from deltamerge.training import function_drift as fd
 from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.curvature.dense_blocks import dense_weights, penalty_form
 from deltamerge.training.penalty_scaling import projection_weights, weighted
@@ -70,6 +72,18 @@ class Delta(Regime):
             self.layer_weights.update(dense_weights(self.curvature, self.model.names, self.cfg.dense_block_scale))
         self._teacher = self.compiled(self._teacher_terms)
         self._student_features = self.compiled(self._student_forward)
+        self._reference_stream = None
+        if getattr(self.cfg, "reference_augment", False) and getattr(self.cfg, "drift", "ekfac") != "function":
+            raise DeltaMergeError("reference_augment augments the reference minibatches of drift 'function'; set "
+                                  "drift: function as well (the EK-FAC is computed once, before training)")
+        if getattr(self.cfg, "drift", "ekfac") == "function":
+            reference = self.context.reference if self.context is not None else None
+            if reference is None:
+                raise DeltaMergeError("drift 'function' needs the suite's reference inputs: train it with "
+                                      "`deltamerge run` (which hands them over), not alone")
+            self._reference_stream = fd.ReferenceStream(reference, self.cfg.drift_batch_size, self.cfg.seed,
+                                                        self.cfg.reference_augment)
+            self._reference_batch: tuple[int, Inputs] | None = None
 
     def _teacher_terms(self, inputs: Inputs, labels: Tensor, tau_t: Params, alpha: Tensor) -> tuple[Tensor, Tensor]:
         """CE(f_lin(θ_T)) (``teacher_ce_at="alpha"``: CE(f_lin(θ0 + α·τ_T)), the released code) and the KD target
@@ -127,8 +141,19 @@ class Delta(Regime):
         """The teacher's functional model (linearized) and its dense τ_T."""
         return self.model, self.vectors["teacher"]
 
+    def reference_batch(self, step: int, device: torch.device) -> Inputs:
+        """This step's reference minibatch (drift 'function'): drawn once per step, shared by teacher and student."""
+        if self._reference_batch is None or self._reference_batch[0] != step:
+            self._reference_batch = (step, to_device(self._reference_stream.next(), device))
+        return self._reference_batch[1]
+
     def teacher_drift(self, tau_t: Params, step: int) -> Tensor | None:
         """β_T's term: L_drift(τ_T) (None on steps where the penalty is skipped)."""
+        if self._reference_stream is not None:
+            tau = weighted(tau_t, self.layer_weights)
+            device = next(iter(tau_t.values())).device
+            return self.every_k(step, lambda: fd.teacher_drift(self.teacher()[0], self.reference_batch(step, device),
+                                                               tau))
         return self.drift(weighted(tau_t, self.layer_weights), step)
 
     def student(self) -> tuple[FunctionalModel, Params]:
@@ -137,4 +162,9 @@ class Delta(Regime):
 
     def student_drift(self, step: int) -> Tensor | None:
         """β_S's term: L_drift(τ_S) (None on steps where the penalty is skipped)."""
-        return self.drift(weighted(self.vectors["student"], self.layer_weights), step)
+        tau = weighted(self.vectors["student"], self.layer_weights)
+        if self._reference_stream is not None:
+            device = next(iter(tau.values())).device
+            return self.every_k(step, lambda: fd.student_drift(self.student()[0], self.reference_batch(step, device),
+                                                               tau))
+        return self.drift(tau, step)
