@@ -23,7 +23,7 @@ def test_assets_list_prints_one_row_per_asset():
     assert r.exit_code == 0, r.output
     rows = [line for line in r.output.splitlines() if line.startswith("| ") and not line.startswith("| asset ")]
     assert len(rows) == len(list_assets())
-    assert any(row.startswith("| mnist5k | vision-mini |") for row in rows)
+    assert any(row.startswith("| mnist5k | vision-mini") for row in rows)
 
 
 def test_ctrl_c_in_a_command_prints_what_is_kept_and_exits_130(monkeypatch):
