@@ -25,7 +25,8 @@ from deltamerge.training.regime import Regime, check_finite, register
 class PreferenceRegime(Regime):
     """Base of the DPO regimes: the head is unused (pass None); batches are preference pairs. Every loss is a mean
     over pairs (DPO-Mixed's Σ w_i·L_i / B too), so ``training/parallel.py`` splits a step over ranks and gradient-
-    accumulation micro-batches exactly. (Distilled DPO is DELTA's algorithm with the DPO objective: dpo_distilled.py.)"""
+    accumulation micro-batches exactly. (Distilled DPO is DELTA's algorithm with the DPO objective:
+    training/dpo_distilled.py.)"""
 
     needs_head = False
 
