@@ -225,7 +225,9 @@ def test_distilled_dpo_teacher_term_at_alpha(tmp_path):
     for at in ("theta", "alpha"):
         cfg = train_config("dpo-distilled", teacher_ce_at=at, alpha_low=0.5, alpha_high=0.5, progress=False)
         regime = DistilledDPO(model, None, cfg)
-        regime.vectors["teacher"] = {n: t.clone().requires_grad_(True) for n, t in tau.items()}
+        with torch.no_grad():  # the teacher's (dense) τ_T, set in place: the optimiser holds these tensors
+            for n, t in regime.vectors["teacher"].items():
+                t.copy_(tau[n])
         losses[at] = regime.backward(pairs.inputs, pairs.labels, 0)["loss_T"]
     for at, scale in (("theta", 1.0), ("alpha", 0.5)):
         c, r = pair_logps(f0.logits + scale * jt.logits, flat)

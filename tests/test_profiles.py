@@ -77,7 +77,7 @@ def test_teacher_ce_at_alpha_uses_the_kd_point():
     alpha = torch.tensor(0.6)
     for where, point in (("theta", f0 + jt), ("alpha", f0 + 0.6 * jt)):
         reg = get_regime("delta")(model, head, _cfg(teacher_ce_at=where), curv)
-        ce, target = reg._teacher_terms(x, y, tau, alpha)
+        ce, target = reg.objective._teacher_terms(x, y, tau, alpha)
         assert torch.allclose(ce, F.cross_entropy(head(point), y)) and torch.allclose(target, f0 + 0.6 * jt)
 
 
@@ -107,7 +107,7 @@ def test_delta_lora_with_a_lora_teacher():
     assert reg.learning_rate("teacher", "x") == 3e-4
     full = get_regime("delta-lora")(FunctionalModel(backbone, trainable_names(backbone, "default")), head,
                                     _cfg("delta-lora"), curv)
-    assert full.learning_rate("teacher", "x") == 1e-2 and full.teacher_adapters is None
+    assert full.learning_rate("teacher", "x") == 1e-2 and not hasattr(full.roles["teacher"], "adapters")
     with pytest.raises(Exception):
         train_config("delta-lora", delta_lora_teacher="dora")
     with pytest.raises(Exception, match="delta_lora_teacher"):  # delta-lora's field only

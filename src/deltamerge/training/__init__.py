@@ -2,7 +2,9 @@
 
 Every module of this package is imported here; a regime module registers its class (``@register``), so a new
 regime is a new file here plus its configuration class in ``config/regimes.py``. ``REGIMES`` is listed in the order
-of the configuration registry (``REGIME_CONFIGS``)."""
+of the configuration registry (``REGIME_CONFIGS``). A regime is an objective × a parametrization × a space: DELTA's
+Algorithm 1 is written once (``delta.py``) over an objective (``objective.py``: CE or DPO), every role's τ is dense or
+LoRA factors (``parametrization.py``), so a new combination is a registration of a few lines."""
 
 import importlib
 import pkgutil

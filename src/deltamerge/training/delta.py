@@ -2,8 +2,13 @@
 
 Per step, with one α drawn per step:
     L_KD = (1/B) Σ_i ‖f(x_i; θ0 + α·τ_S) − SG[f_lin(x_i; θ0 + α·τ_T)]‖²          (Eq. 8, along-path distillation)
-    L_T  = CE(f_lin(θ_T)) + β_T · L_drift(τ_T)                                       (Eq. 5)
-    L_S  = CE(f(θ_S))     + β_S · L_drift(τ_S) + γ · L_KD                            (Eq. 7)
+    L_T  = L_task(f_lin(θ_T)) + β_T · L_drift(τ_T)                                   (Eq. 5)
+    L_S  = L_task(f(θ_S))     + β_S · L_drift(τ_S) + γ · L_KD                        (Eq. 7)
+This module holds the one algorithm; what varies is a strategy. The *objective* (``training/objective.py``) is the
+task loss and the outputs L_KD compares: CE with a head on the features (``delta``) or DPO on preference pairs with
+L_KD on the response tokens' hidden states (``dpo-distilled*``, training/dpo_distilled.py). The *parametrization*
+of each role (``training/parametrization.py``) is dense τ or LoRA factors (``delta-lora``, ``dpo-distilled-lora``);
+L_drift is the curvature penalty of that parametrization (absent where a regime takes no curvature: Distilled DPO).
 One jvp gives f0 and J·τ_T, so the teacher at θ_T (α = 1, for its CE) and at θ0 + α·τ_T (the KD target,
 f0 + α·Jτ_T) cost nothing more. The teacher's backward runs first and frees its graph before the student's forward,
 which keeps peak memory near that of the linearized step alone. Cost levers (``DeltaConfig``; paper = defaults):
@@ -20,15 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from deltamerge.data import Inputs, to_device
-from deltamerge.errors import DeltaMergeError
-from deltamerge.training import function_drift as fd
-from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.curvature.dense_blocks import dense_weights, penalty_form
+from deltamerge.data import ArrayDataset, Inputs, to_device
+from deltamerge.errors import DeltaMergeError
+from deltamerge.linearize import Params
+from deltamerge.training import function_drift as fd
+from deltamerge.training.objective import CrossEntropy, Objective
 from deltamerge.training.penalty_scaling import projection_weights, weighted
 from deltamerge.training.regime import Regime, check_finite, register
 
@@ -45,17 +52,19 @@ def sample_alpha(cfg, step: int, rng: random.Random) -> float:
     return rng.uniform(cfg.alpha_low, cfg.alpha_high)
 
 
-def kd_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """(1/B) Σ_i ‖s_i − t_i‖²: squared L2 over features, mean over the batch."""
-    return (student.float() - teacher.float()).square().sum(-1).mean()
-
-
 @register
 class Delta(Regime):
+    """Algorithm 1 over an ``objective_cls``; a subclass registers another objective or parametrization."""
+
     name = "delta"
     needs_curvature = True
     output_role = "student"
     vector_kinds = {"student": "nonlinear", "teacher": "linear"}
+    objective_cls: ClassVar[type[Objective]] = CrossEntropy
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.needs_head = cls.objective_cls.needs_head  # a DPO objective reads no head
 
     def setup(self) -> None:
         super().setup()
@@ -70,8 +79,7 @@ class Delta(Regime):
                 self.curvature = dataclasses.replace(
                     self.curvature, dense=[penalty_form(b, reduction, bias) for b in self.curvature.dense])
             self.layer_weights.update(dense_weights(self.curvature, self.model.names, self.cfg.dense_block_scale))
-        self._teacher = self.compiled(self._teacher_terms)
-        self._student_features = self.compiled(self._student_forward)
+        self.objective = self.objective_cls(self)
         self._reference_stream = None
         if getattr(self.cfg, "reference_augment", False) and getattr(self.cfg, "drift", "ekfac") != "function":
             raise DeltaMergeError("reference_augment augments the reference minibatches of drift 'function'; set "
@@ -85,44 +93,28 @@ class Delta(Regime):
                                                         self.cfg.reference_augment)
             self._reference_batch: tuple[int, Inputs] | None = None
 
-    def _teacher_terms(self, inputs: Inputs, labels: Tensor, tau_t: Params, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        """CE(f_lin(θ_T)) (``teacher_ce_at="alpha"``: CE(f_lin(θ0 + α·τ_T)), the released code) and the KD target
-        SG[f_lin(θ0 + α·τ_T)] = SG[f0 + α·Jτ_T], from one jvp."""
-        f0, j_tau = self.teacher()[0].linearized(inputs, tau_t)
-        at_alpha = f0 + alpha * j_tau
-        return self.ce(at_alpha if self.cfg.teacher_ce_at == "alpha" else f0 + j_tau, labels), at_alpha.detach()
-
-    def _student_forward(self, inputs: Inputs, tau_s: Params, alpha: Tensor) -> Tensor:
-        """f(x; θ0 + α·τ_S) with the student's own functional model (see ``student``)."""
-        return self.student()[0].features(inputs, tau_s, alpha)
-
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        cfg, tau_t = self.cfg, self.teacher()[1]
-        tau_s = self.student()[1]
+        cfg, objective = self.cfg, self.objective
+        tau_t, tau_s = self.roles["teacher"].tau(), self.roles["student"].tau()
+        batch = objective.batch(inputs, labels)
         alpha = sample_alpha(cfg, step, self.rng)
-        alpha_t = torch.tensor(alpha, device=labels.device)
         with_kd = step % cfg.kd_every == 0  # L_KD every kd_every steps with weight kd_every (1 = every step)
 
-        # Teacher: L_T = CE(f_lin(θ_T)) + β_T·L_drift(τ_T); one jvp serves every α.
-        loss_t, target = self._teacher(inputs, labels, tau_t, alpha_t)
+        # Teacher: L_T = L_task(f_lin(θ_T)) + β_T·L_drift(τ_T); one jvp also gives the KD target for this α.
+        teacher = objective.teacher(batch, tau_t, alpha)
+        loss_t = teacher.loss
         drift_t = self.teacher_drift(tau_t, step)
         if drift_t is not None:
             loss_t = loss_t + cfg.beta_teacher * drift_t
-        check_finite(loss_t, "teacher loss", step)
+        check_finite(loss_t, objective.teacher_what, step)
         loss_t.backward()  # frees the teacher's graph before the student's forward
 
-        # Student: L_S = CE(f(θ_S)) + β_S·L_drift(τ_S) + γ·L_KD.
-        if cfg.student_ce_at == "alpha":  # released-along-path variant: one forward at θ0 + α·τ_S serves CE and KD
-            feats_ce = feats_alpha = self._student_features(inputs, tau_s, alpha_t)
-        else:
-            feats_ce = self._student_features(inputs, tau_s, torch.ones_like(alpha_t))
-            feats_alpha = feats_ce if alpha == 1.0 or not with_kd else \
-                self._student_features(inputs, tau_s, alpha_t)
-        ce_s = self.ce(feats_ce, labels)
-        loss_s = ce_s
+        # Student: L_S = L_task(f(θ_S)) + γ·L_KD + β_S·L_drift(τ_S).
+        student = objective.student(batch, tau_s, alpha, with_kd, teacher)
+        loss_s = student.loss
         logs = {"alpha": alpha}
         if with_kd:
-            kd = kd_loss(feats_alpha, target)
+            kd = objective.kd(student.at_alpha, teacher.target, batch)
             loss_s = loss_s + cfg.gamma * cfg.kd_every * kd
             logs["kd"] = kd.item()
         drift_s = self.student_drift(step)
@@ -131,15 +123,32 @@ class Delta(Regime):
         check_finite(loss_s, "student loss", step)
         loss_s.backward()
 
-        logs.update({"loss_T": loss_t.item(), "loss_S": loss_s.item(), "ce_S": ce_s.item()})
+        logs.update({"loss_T": loss_t.item(), "loss_S": loss_s.item(), **objective.logs(teacher, student)})
         if drift_s is not None:
             logs["drift_S"] = drift_s.item() / cfg.penalty_every
         return logs
 
-    # Hooks for other teacher / student parametrizations (e.g. LoRA).
-    def teacher(self) -> tuple[FunctionalModel, Params]:
-        """The teacher's functional model (linearized) and its dense τ_T."""
-        return self.model, self.vectors["teacher"]
+    def teacher_drift(self, tau_t: Params, step: int) -> Tensor | None:
+        """β_T's term: L_drift(τ_T) (None on steps where the penalty is skipped, or without curvature)."""
+        return self._drift("teacher", tau_t, step)
+
+    def student_drift(self, step: int) -> Tensor | None:
+        """β_S's term: L_drift(τ_S) (None on steps where the penalty is skipped, or without curvature)."""
+        return self._drift("student", None, step)
+
+    def _drift(self, role: str, tau: Params | None, step: int) -> Tensor | None:
+        """L_drift of ``role``'s τ (``tau``, or the role's own): the EK-FAC penalty of its parametrization (layers
+        weighted by ``layer_weights``), or with ``drift: function`` its drift on a reference minibatch."""
+        param = self.roles[role]
+        if self._reference_stream is not None:
+            tau = weighted(param.tau() if tau is None else tau, self.layer_weights)
+            device = next(iter(tau.values())).device
+            term = fd.teacher_drift if role == "teacher" else fd.student_drift
+            return self.every_k(step, lambda: term(param.model, self.reference_batch(step, device), tau))
+        if self.curvature is None:  # Distilled DPO: distillation only (the paper's Sec. 5)
+            return None
+        return self.every_k(step, lambda: param.penalty(self.curvature, tau, self.layer_weights, self.own_layers,
+                                                        self.cfg.penalty_batched), split=True)
 
     def reference_batch(self, step: int, device: torch.device) -> Inputs:
         """This step's reference minibatch (drift 'function'): drawn once per step, shared by teacher and student."""
@@ -147,24 +156,8 @@ class Delta(Regime):
             self._reference_batch = (step, to_device(self._reference_stream.next(), device))
         return self._reference_batch[1]
 
-    def teacher_drift(self, tau_t: Params, step: int) -> Tensor | None:
-        """β_T's term: L_drift(τ_T) (None on steps where the penalty is skipped)."""
-        if self._reference_stream is not None:
-            tau = weighted(tau_t, self.layer_weights)
-            device = next(iter(tau_t.values())).device
-            return self.every_k(step, lambda: fd.teacher_drift(self.teacher()[0], self.reference_batch(step, device),
-                                                               tau))
-        return self.drift(weighted(tau_t, self.layer_weights), step)
+    def start_step(self, data: ArrayDataset, index: Tensor) -> None:
+        self.objective.start_step(data, index)
 
-    def student(self) -> tuple[FunctionalModel, Params]:
-        """The student's functional model and its dense τ_S."""
-        return self.model, self.vectors["student"]
-
-    def student_drift(self, step: int) -> Tensor | None:
-        """β_S's term: L_drift(τ_S) (None on steps where the penalty is skipped)."""
-        tau = weighted(self.vectors["student"], self.layer_weights)
-        if self._reference_stream is not None:
-            device = next(iter(tau.values())).device
-            return self.every_k(step, lambda: fd.student_drift(self.student()[0], self.reference_batch(step, device),
-                                                               tau))
-        return self.drift(tau, step)
+    def end_step(self) -> None:
+        self.objective.end_step()

@@ -16,9 +16,7 @@ import torch
 from torch import Tensor
 
 from deltamerge.data import Inputs
-from deltamerge.errors import DeltaMergeError
-from deltamerge.linearize import Params
-from deltamerge.training.lora_adapters import Factors, LoRAAdapters, factor_lr
+from deltamerge.training.parametrization import LoRAFactors, Parametrization
 from deltamerge.training.preference import (dpo_loss, flatten_pairs, outputs_at, outputs_linearized, pair_logps,
                                             pair_weights, weighted_mean)
 from deltamerge.training.regime import Regime, check_finite, register
@@ -27,7 +25,8 @@ from deltamerge.training.regime import Regime, check_finite, register
 class PreferenceRegime(Regime):
     """Base of the DPO regimes: the head is unused (pass None); batches are preference pairs. Every loss is a mean
     over pairs (DPO-Mixed's Σ w_i·L_i / B too), so ``training/parallel.py`` splits a step over ranks and gradient-
-    accumulation micro-batches exactly; Distilled DPO's token-mean L_KD renormalises itself (``start_step``)."""
+    accumulation micro-batches exactly. (Distilled DPO is DELTA's algorithm with the DPO objective:
+    training/dpo_distilled.py.)"""
 
     needs_head = False
 
@@ -50,18 +49,13 @@ class PreferenceRegime(Regime):
 class DPO(PreferenceRegime):
     name = "dpo"
 
-    def tau(self) -> Params:
-        return self.vectors["main"]
-
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
         flat = flatten_pairs(inputs)
         ref_c, ref_r = self.reference_logps(flat)
-        pi_c, pi_r = pair_logps(outputs_at(self.policy_model(), flat, self.tau()).logits, flat)
+        policy = self.roles["main"]
+        pi_c, pi_r = pair_logps(outputs_at(policy.model, flat, policy.tau()).logits, flat)
         losses, margin = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.cfg.beta_dpo)
         return self.finish(losses, margin, labels, step)
-
-    def policy_model(self):
-        return self.model
 
 
 @register
@@ -91,19 +85,5 @@ class DPOLinear(PreferenceRegime):
 class DPOLoRA(DPO):
     name = "dpo-lora"
 
-    def setup(self) -> None:
-        super().setup()
-        self.adapters = LoRAAdapters(self.model, self.cfg)
-        self.vectors = {"main": self.adapters.parameters()}
-
-    def tau(self) -> Params:
-        return self.adapters.tau()
-
-    def policy_model(self):
-        return self.adapters.model
-
-    def learning_rate(self, role: str, name: str) -> float:
-        return factor_lr(self.cfg)
-
-    def export(self, role: str) -> tuple[Params, Factors]:
-        return self.adapters.export()
+    def parametrize(self, role: str) -> Parametrization:
+        return LoRAFactors(self.model, self.cfg)

@@ -1,4 +1,5 @@
-"""Fine-tuning in the tangent space, Ortiz-Jimenez et al. 2023: minimise CE(head(f0 + J·τ)) (one jvp per step)."""
+"""Fine-tuning in the tangent space, Ortiz-Jimenez et al. 2023: minimise CE(head(f0 + J·τ)) (one jvp per step)
+over τ's parametrization (dense here; LoRA factors in ``lora-linear``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class Linear(Regime):
         self._loss = self.compiled(self._ce_linearized)
 
     def _ce_linearized(self, inputs: Inputs, labels: Tensor, tau: Params) -> Tensor:
-        f0, jtau = self.model.linearized(inputs, tau)
+        f0, jtau = self.roles["main"].model.linearized(inputs, tau)
         return self.ce(f0 + jtau, labels)
 
     def penalty(self, tau: Params, step: int) -> Tensor | None:
@@ -32,7 +33,7 @@ class Linear(Regime):
         raise NotImplementedError(f"regime {self.name} has a penalty but no penalty_weight")
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        tau = self.vectors["main"]
+        tau = self.roles["main"].tau()
         ce = self._loss(inputs, labels, tau)
         loss, logs = ce, {"ce": ce.item()}
         penalty = self.penalty(tau, step)

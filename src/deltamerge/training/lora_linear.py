@@ -17,26 +17,17 @@ the factors (not a linearization in φ); its exported τ = s·B·A is evaluated 
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from deltamerge.data import Inputs
-from deltamerge.training.lora import LoRA
-from deltamerge.training.regime import check_finite, register
+from deltamerge.training.linear import Linear
+from deltamerge.training.parametrization import LoRAFactors, Parametrization
+from deltamerge.training.regime import register
 
 
 @register
-class LoRALinear(LoRA):
-    """LoRA's factors, learning rate and export; the loss is taken on the linearized model."""
+class LoRALinear(Linear):
+    """Linear (tangent-space) fine-tuning with the LoRA parametrization: A frozen at A0 (``lora_linear_space``
+    "adapter", the tangent space of the adapters) or both factors trained ("weight")."""
 
     name = "lora-linear"
-    vector_kinds = {"main": "linear"}
 
-    def trains_a(self) -> bool:
-        return self.cfg.lora_linear_space == "weight"
-
-    def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        f0, jtau = self.adapters.model.linearized(inputs, self.adapters.tau())
-        loss = self.ce(f0 + jtau, labels)
-        check_finite(loss, "loss", step)
-        loss.backward()
-        return {"loss": loss.item()}
+    def parametrize(self, role: str) -> Parametrization:
+        return LoRAFactors(self.model, self.cfg, tangent=self.cfg.lora_linear_space != "weight")

@@ -1,4 +1,5 @@
-"""Standard (non-linear) fine-tuning, Ilharco et al. 2022: minimise CE(head(f(x; θ0 + τ)))."""
+"""Standard (non-linear) fine-tuning, Ilharco et al. 2022: minimise CE(head(f(x; θ0 + τ))) over τ's
+parametrization (dense here; LoRA factors in ``lora``)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ class NonLinear(Regime):
 
     def setup(self) -> None:
         super().setup()
-        self._features = self.compiled(self.model.features)
+        self._features = self.compiled(self.roles["main"].model.features)
 
     def backward(self, inputs: Inputs, labels: Tensor, step: int) -> dict[str, float]:
-        loss = self.ce(self._features(inputs, self.vectors["main"]), labels)
+        loss = self.ce(self._features(inputs, self.roles["main"].tau()), labels)
         check_finite(loss, "loss", step)
         loss.backward()
         return {"loss": loss.item()}

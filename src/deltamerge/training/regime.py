@@ -18,6 +18,7 @@ from deltamerge.linearize import FunctionalModel, Params
 from deltamerge.training.compiled import maybe_compile
 from deltamerge.training.context import TrainContext
 from deltamerge.training.parallel import curvature_share
+from deltamerge.training.parametrization import Dense, Parametrization
 
 REGIMES: dict[str, type["Regime"]] = {}
 
@@ -58,9 +59,10 @@ def trainable_names(backbone: Backbone, policy: str) -> list[str]:
 class Regime:
     """One way of fine-tuning a task. Holds its task vectors (τ, zero at start) and computes their gradients.
 
-    ``vectors`` maps a role ("main", or "student"/"teacher") to the dict of tensors the optimizer updates (τ itself,
-    or a parametrization of it that ``export`` turns into τ); ``output_role`` is the vector the regime delivers;
-    ``vector_kinds`` says how each role is evaluated (nonlinear or linear model).
+    ``roles`` maps a role ("main", or "student"/"teacher") to its parametrization (``parametrize``: dense τ by
+    default, LoRA factors; ``training/parametrization.py``), ``vectors`` to the dict of tensors the optimizer
+    updates (``roles[role].parameters()``); ``output_role`` is the vector the regime delivers; ``vector_kinds`` says
+    in which space each role trains and is evaluated (nonlinear model or its linearization).
     ``trainable_policy`` (if set) replaces the config's ``trainable``; ``needs_others`` names what the regime needs
     from the other tasks ("inputs" or "kfac", see ``TrainContext``), handed over as ``context``.
     """
@@ -81,7 +83,8 @@ class Regime:
         if self.needs_others is not None:
             (context or TrainContext()).require(self.needs_others, self.name)
         self.model, self.head, self.cfg, self.curvature, self.context = model, head, cfg, curvature, context
-        self.vectors: dict[str, Params] = {role: model.zeros() for role in self.vector_kinds}
+        self.roles: dict[str, Parametrization] = {role: self.parametrize(role) for role in self.vector_kinds}
+        self.vectors: dict[str, Params] = {role: p.parameters() for role, p in self.roles.items()}
         self.penalty_share: set[str] | None = None  # data parallelism: this rank's curvature layers (None: all)
         if curvature is not None:
             covered = set(curvature.parameter_names)
@@ -91,6 +94,15 @@ class Regime:
 
             report_uncovered(model.backbone, self.uncovered, self.name)  # no drift penalty on these: say so once
         self.setup()
+
+    def parametrize(self, role: str) -> Parametrization:
+        """How ``role``'s optimised tensors define its τ: dense by default (a LoRA regime returns ``LoRAFactors``)."""
+        return Dense(self.model, self.cfg.lr)
+
+    @property
+    def adapters(self):
+        """The LoRA adapters of the output role (``lora_adapters.LoRAAdapters``; None when it is dense)."""
+        return getattr(self.roles[self.output_role], "adapters", None)
 
     def setup(self) -> None:
         """Regime-specific state built once after the shared fields above (subclasses extend it with super())."""
@@ -113,13 +125,12 @@ class Regime:
         raise NotImplementedError
 
     def learning_rate(self, role: str, name: str) -> float:
-        """Peak learning rate of one optimised tensor (``cfg.lr``; LoRA regimes give their factors ``lora_lr``)."""
-        return self.cfg.lr
+        """Peak learning rate of one optimised tensor: its parametrization's (``cfg.lr``; LoRA factors ``lora_lr``)."""
+        return self.roles[role].lr
 
     def export(self, role: str) -> tuple[Params, dict[str, tuple[Tensor, Tensor]] | None]:
-        """The task vector of ``role`` as (dense deltas, LoRA factors or None). By default the optimised tensors are
-        the deltas; a regime that optimises another parametrization (LoRA's factors) overrides this."""
-        return {n: t.detach() for n, t in self.vectors[role].items()}, None
+        """The task vector of ``role`` as (dense deltas, LoRA factors or None), from its parametrization."""
+        return self.roles[role].export()
 
     def start_step(self, data: ArrayDataset, index: Tensor) -> None:
         """Called before a step that ``training/parallel.py`` splits over ranks / micro-batches, with the whole
@@ -163,11 +174,6 @@ class Regime:
         """The entries of ``tensors`` (keyed by parameter name) whose drift terms this rank computes."""
         share = self.penalty_share
         return tensors if share is None else {n: t for n, t in tensors.items() if n in share}
-
-    def drift(self, tau: Params, step: int) -> Tensor | None:
-        """The curvature penalty L_drift(τ), every ``penalty_every`` steps (see ``every_k``)."""
-        share = self.own_layers(tau)
-        return self.every_k(step, lambda: self.curvature.penalty(share, batched=self.cfg.penalty_batched), split=True)
 
     def compiled(self, fn):
         """``fn`` as one ``torch.compile`` graph when ``cfg.compile`` (see ``training/compiled.py``), else ``fn``."""
