@@ -182,7 +182,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
             p.requires_grad_(old_flags[id(p)])
     layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
     meta = {"backbone": backbone.name, "num_data": n, "kfac_approx": approx, "config": cfg.model_dump()}
-    return Curvature(cfg.kind, layers, fingerprint(backbone), meta)
+    return Curvature.create(cfg.kind, layers, fingerprint(backbone), meta)
 
 
 #: curvlinops' own default seed of its MC-probe generator: ``seed: 0`` keeps the probes every run before the seed
@@ -255,7 +255,7 @@ def _joined(parts: list[Curvature], cfg: CurvatureConfig, backbone: Backbone) ->
     layers = [layer for part in parts for layer in part.layers]
     meta = {**parts[0].meta, "kfac_approx": "reduce+expand(attention keys)", "config": cfg.model_dump(),
             "attention_key_layers": [layer.module for part in parts[1:] for layer in part.layers]}
-    return Curvature(cfg.kind, layers, parts[0].base_fingerprint, meta)
+    return Curvature.create(cfg.kind, layers, parts[0].base_fingerprint, meta)
 
 
 def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind: str, scale: float) -> list[LayerCurvature]:
