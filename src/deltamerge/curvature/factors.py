@@ -84,6 +84,9 @@ class Curvature:
     factor_keys: ClassVar[tuple[str, ...]] = ()
     left: ClassVar[str] = ""
     right: ClassVar[str] = ""
+    #: the curvlinops operator that estimates it, and whether its eigenvalues are corrected (estimate.py)
+    operator: ClassVar[str] = ""
+    eigen_corrected: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -198,6 +201,12 @@ class Curvature:
     def batched_bias_quadratic(self, t: dict[str, Tensor], db: Tensor) -> Tensor:
         """Σ_l of the separate bias blocks over stacked factors and Δb [L, o, 1]."""
         raise NotImplementedError(f"{type(self).__name__} defines no batched bias block")
+
+    @staticmethod
+    def factors_from(op: Any, module: str, pos: dict[str, int], joint: bool, scale: float) -> dict[str, Tensor]:
+        """One layer's factors from a computed curvlinops operator ``op`` (``pos``: the layer's parameter
+        positions; ``scale``: the 1/(2N) of the GGN normalisation)."""
+        raise NotImplementedError("the Curvature base class reads no curvlinops operator")
 
     @classmethod
     def needed_tensors(cls, spec: dict) -> set[str]:

@@ -15,6 +15,7 @@ penalties across versions: tests/test_bit_identity.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +32,18 @@ class EKFAC(Curvature):
     factor_keys = ("U_G", "U_A", "S", "S_bias")
     left = "U_G"
     right = "U_A"
+    operator = "EKFACLinearOperator"
+    eigen_corrected = True
+
+    @staticmethod
+    def factors_from(op: Any, module: str, pos: dict[str, int], joint: bool, scale: float) -> dict[str, Tensor]:
+        ev = op._corrected_eigenvalues[module]
+        tensors = {"U_A": op._input_covariances_eigenvectors[module],
+                   "U_G": op._gradient_covariances_eigenvectors[module],
+                   "S": (ev if joint else ev[pos["weight"]]) * scale}
+        if "bias" in pos and not joint:
+            tensors["S_bias"] = ev[pos["bias"]] * scale
+        return tensors
 
     def quadratic(self, t: dict[str, Tensor], m: Tensor) -> Tensor:
         return (t["S"] * (t["U_G"].T @ m @ t["U_A"]).square()).sum()
@@ -63,6 +76,11 @@ class KFAC(Curvature):
     factor_keys = ("G", "A")
     left = "G"
     right = "A"
+    operator = "KFACLinearOperator"
+
+    @staticmethod
+    def factors_from(op: Any, module: str, pos: dict[str, int], joint: bool, scale: float) -> dict[str, Tensor]:
+        return {"A": op._input_covariances[module], "G": op._gradient_covariances[module] * scale}
 
     def quadratic(self, t: dict[str, Tensor], m: Tensor) -> Tensor:
         return ((t["G"] @ m @ t["A"]) * m).sum()
