@@ -16,13 +16,21 @@ stack), so batching costs no second copy of the factors (≈1.5 GiB fp32 for ViT
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from deltamerge.curvature.factors import Curvature
+
+class BatchedForms(Protocol):
+    """What ``group_penalty`` needs of a curvature class (``EKFAC`` / ``KFAC``, kronecker.py)."""
+
+    left: str
+    right: str
+
+    def batched_quadratic(self, t: dict[str, Tensor], m: Tensor) -> Tensor: ...
+
+    def batched_bias_quadratic(self, t: dict[str, Tensor], db: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -69,7 +77,7 @@ def _select(group: ShapeGroup, present: list[int]) -> dict[str, Tensor]:
     return {k: v.index_select(0, sel) for k, v in group.stacked.items()}
 
 
-def group_penalty(curv: "Curvature", group: ShapeGroup, delta: dict[str, Tensor]) -> Tensor | None:
+def group_penalty(curv: BatchedForms, group: ShapeGroup, delta: dict[str, Tensor]) -> Tensor | None:
     """Σ over the group's layers that appear in ``delta`` (a missing weight or bias counts as zero, as in the loop),
     with ``curv``'s batched quadratic forms."""
     present = [j for j, (w, b) in enumerate(zip(group.weights, group.biases))
