@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deltamerge.artifacts import fingerprint
-from deltamerge.distributed import show_progress
+from deltamerge.distributed import is_main, show_progress
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig
 from deltamerge.curvature.factors import Curvature, LayerCurvature, curvature_class
