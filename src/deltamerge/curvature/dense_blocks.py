@@ -1,4 +1,9 @@
-"""Dense curvature blocks for the small parameter groups EK-FAC does not cover: LayerNorms and class embeddings.
+"""Dense curvature blocks for the small parameter groups EK-FAC does not cover: LayerNorms and class embeddings —
+their estimate, and the regime hook that decides whether a training run uses them.
+
+The blocks as data (``DenseBlock``, ``penalty_form``, storage) live in curvature/dense.py, re-exported here. The hook:
+``wants_dense_blocks(cfg)`` (DELTA's ``dense_norm_blocks``) and ``for_training(cfg, backbone, names, curvature)``,
+which the generic training loop and ``stages`` call instead of reading the setting by name.
 
 The authors' released code also trains every LayerNorm (weight and bias) and the class embedding, and penalises their
 drift with one full GGN block per group (weighted ×10) instead of a Kronecker factorisation. For a group p (the
@@ -12,7 +17,7 @@ separate blocks)
 
 the same matrix the EK-FAC approximates for the Linear/Conv layers (the GGN of the last hidden features under an
 identity output Hessian, label-free), restricted to the group's diagonal block and kept exactly. Its penalty
-τ_pᵀ G_p τ_p = mean_n ‖J_p(x_n) τ_p‖² is added to L_drift (``Curvature.penalty``; block-diagonal across groups and
+τ_pᵀ G_p τ_p = mean_n ‖J_p(x_n) τ_p‖² is added to L_drift (``Curvature.penalty``, the dense term; block-diagonal across groups and
 layers, like the EK-FAC blocks); DELTA weights it by ``dense_block_scale`` (training/delta.py).
 
 Estimate. u = J_p(x)ᵀ v is the gradient of ⟨v, g(x)⟩ with respect to p. With ``probes``:
