@@ -104,7 +104,7 @@ def test_dense_penalty_equals_the_jvp_drift_and_its_gradient_is_2G_tau():
     bb = ToyTransformer().double()
     x = _tokens()
     blocks = estimate_dense_blocks(bb, x, _cfg())
-    curv = Curvature("ekfac", [], "fp", {}, blocks)
+    curv = Curvature.create("ekfac", [], "fp", {}, blocks)
     params = dict(bb.named_parameters())
     names = [p for b in blocks for p in b.params]
     tau = {n: 0.3 * torch.randn_like(params[n]) for n in names}

@@ -117,7 +117,7 @@ def _same_curvature(two_rank, prefix: str, kind: str, model, reference, cfg, dty
     curv = estimate_curvature(model, reference, cfg)
     layers = [LayerCurvature(l.module, l.weight, l.bias, {k: two_rank[f"{prefix}/{kind}/{l.module}/{k}"]
                                                           for k in l.tensors}, l.joint) for l in curv.layers]
-    got = Curvature(kind, layers, curv.base_fingerprint)
+    got = Curvature.create(kind, layers, curv.base_fingerprint)
     if kind == "kfac":
         for layer, mine in zip(curv.layers, layers):
             for k, t in layer.tensors.items():

@@ -34,7 +34,7 @@ def _random_curvature(kind: str, joint: bool) -> tuple[Curvature, dict[str, torc
         params[f"{name}.weight"] = torch.randn(shape, dtype=torch.float64)
         if has_bias:
             params[f"{name}.bias"] = torch.randn(out_dim, dtype=torch.float64)
-    return Curvature(kind, layers, "fp"), params
+    return Curvature.create(kind, layers, "fp"), params
 
 
 def _value_and_grad(curv: Curvature, delta: dict[str, torch.Tensor], batched: bool):

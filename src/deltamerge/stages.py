@@ -41,7 +41,9 @@ def run_curvature_config(suite: Suite, run: RunConfig) -> CurvatureConfig:
 def wants_dense_blocks(cfgs: Iterable[BaseTrainConfig]) -> bool:
     """Whether one of ``cfgs`` (the configurations one curvature serves) trains with DELTA's dense LayerNorm /
     class-embedding blocks (``dense_norm_blocks``): then the curvature must hold them."""
-    return any(getattr(c, "dense_norm_blocks", False) for c in cfgs)
+    from deltamerge.curvature.dense_blocks import wants_dense_blocks as wants  # the regime's curvature hook
+
+    return any(wants(c) for c in cfgs)
 
 
 def load_or_estimate_curvature(suite: Suite, backbone: Backbone, run: RunConfig, path: Path,

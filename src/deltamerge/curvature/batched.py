@@ -1,7 +1,8 @@
 """The drift penalty batched over layers of equal shape: one ``bmm`` chain per shape group instead of one small
 matmul chain per layer.
 
-Same quadratic forms as the per-layer loop in ``factors.py`` (so the same value up to float summation order, and the
+Same quadratic forms as the per-layer loop in ``factors.py`` (each class's ``batched_quadratic`` /
+``batched_bias_quadratic`` in ``kronecker.py``) (so the same value up to float summation order, and the
 same gradient 2·M·τ), for a group of L layers with stacked factors:
     EK-FAC:  Σ_l Σ S_l ⊙ (U_G,lᵀ M_l U_A,l)²         →  (S ⊙ (U_Gᵀ ⊛ M ⊛ U_A)²).sum()   with ⊛ = batched matmul
     KFAC:    Σ_l tr(M_lᵀ G_l M_l A_l)                  →  ((G ⊛ M ⊛ A) ⊙ M).sum()
@@ -15,11 +16,21 @@ stack), so batching costs no second copy of the factors (≈1.5 GiB fp32 for ViT
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-_FACTOR_KEYS = {"ekfac": ("U_G", "U_A", "S", "S_bias"), "kfac": ("G", "A")}
+
+class BatchedForms(Protocol):
+    """What ``group_penalty`` needs of a curvature class (``EKFAC`` / ``KFAC``, kronecker.py)."""
+
+    left: str
+    right: str
+
+    def batched_quadratic(self, t: dict[str, Tensor], m: Tensor) -> Tensor: ...
+
+    def batched_bias_quadratic(self, t: dict[str, Tensor], db: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -34,18 +45,19 @@ class ShapeGroup:
     stacked: dict[str, Tensor]
 
 
-def _group_key(kind: str, layer) -> tuple:
+def _group_key(factor_keys: tuple[str, ...], layer) -> tuple:
     t = layer.tensors
-    keys = tuple(k for k in _FACTOR_KEYS[kind] if k in t)
+    keys = tuple(k for k in factor_keys if k in t)
     return (layer.joint, layer.bias is not None, keys,
             tuple(tuple(t[k].shape) for k in keys), t[keys[0]].dtype, t[keys[0]].device)
 
 
-def build_groups(kind: str, layers: list) -> list[ShapeGroup]:
-    """Stack the factors of equally shaped layers; each layer's tensors become views of the stack (no copy kept)."""
+def build_groups(factor_keys: tuple[str, ...], layers: list) -> list[ShapeGroup]:
+    """Stack the factors (``factor_keys``: the approximation's, in order) of equally shaped layers; each layer's
+    tensors become views of the stack (no copy kept)."""
     buckets: dict[tuple, list[int]] = {}
     for i, layer in enumerate(layers):
-        buckets.setdefault(_group_key(kind, layer), []).append(i)
+        buckets.setdefault(_group_key(factor_keys, layer), []).append(i)
     groups = []
     for (joint, has_bias, keys, _, _, _), idx in buckets.items():
         stacked = {}
@@ -65,15 +77,15 @@ def _select(group: ShapeGroup, present: list[int]) -> dict[str, Tensor]:
     return {k: v.index_select(0, sel) for k, v in group.stacked.items()}
 
 
-def group_penalty(kind: str, group: ShapeGroup, delta: dict[str, Tensor]) -> Tensor | None:
-    """Σ over the group's layers that appear in ``delta`` (a missing weight or bias counts as zero, as in the loop)."""
+def group_penalty(curv: BatchedForms, group: ShapeGroup, delta: dict[str, Tensor]) -> Tensor | None:
+    """Σ over the group's layers that appear in ``delta`` (a missing weight or bias counts as zero, as in the loop),
+    with ``curv``'s batched quadratic forms."""
     present = [j for j, (w, b) in enumerate(zip(group.weights, group.biases))
                if w in delta or (b is not None and b in delta)]
     if not present:
         return None
     t = _select(group, present)
-    left = t["U_G"] if kind == "ekfac" else t["G"]
-    right = t["U_A"] if kind == "ekfac" else t["A"]
+    left, right = t[curv.left], t[curv.right]
     out_dim, dtype = left.shape[-1], left.dtype
     in_dim = right.shape[-1] - int(group.joint)
     ref = next(delta[n] for j in present for n in (group.weights[j], group.biases[j]) if n is not None and n in delta)
@@ -89,14 +101,8 @@ def group_penalty(kind: str, group: ShapeGroup, delta: dict[str, Tensor]) -> Ten
     m = torch.stack([weight(j) for j in present])                              # [L, o, i]
     if group.joint:
         m = torch.cat([m, torch.stack([bias(j) for j in present]).unsqueeze(-1)], dim=-1)  # [L, o, i+1]
-    if kind == "ekfac":
-        total = (t["S"] * torch.bmm(torch.bmm(left.transpose(1, 2), m), right).square()).sum()
-    else:
-        total = (torch.bmm(torch.bmm(left, m), right) * m).sum()
+    total = curv.batched_quadratic(t, m)
     if group.has_bias_block:
         db = torch.stack([bias(j) for j in present]).unsqueeze(-1)          # [L, o, 1]
-        if kind == "ekfac":
-            total = total + (t["S_bias"] * torch.bmm(left.transpose(1, 2), db).squeeze(-1).square()).sum()
-        else:
-            total = total + (torch.bmm(left, db) * db).sum()
+        total = total + curv.batched_bias_quadratic(t, db)
     return total

@@ -1,4 +1,9 @@
-"""Dense curvature blocks for the small parameter groups EK-FAC does not cover: LayerNorms and class embeddings.
+"""Dense curvature blocks for the small parameter groups EK-FAC does not cover: LayerNorms and class embeddings —
+their estimate, and the regime hook that decides whether a training run uses them.
+
+The blocks as data (``DenseBlock``, ``penalty_form``, storage) live in curvature/dense.py, re-exported here. The hook:
+``wants_dense_blocks(cfg)`` (DELTA's ``dense_norm_blocks``) and ``for_training(cfg, backbone, names, curvature)``,
+which the generic training loop and ``stages`` call instead of reading the setting by name.
 
 The authors' released code also trains every LayerNorm (weight and bias) and the class embedding, and penalises their
 drift with one full GGN block per group (weighted ×10) instead of a Kronecker factorisation. For a group p (the
@@ -12,7 +17,7 @@ separate blocks)
 
 the same matrix the EK-FAC approximates for the Linear/Conv layers (the GGN of the last hidden features under an
 identity output Hessian, label-free), restricted to the group's diagonal block and kept exactly. Its penalty
-τ_pᵀ G_p τ_p = mean_n ‖J_p(x_n) τ_p‖² is added to L_drift (``Curvature.penalty``; block-diagonal across groups and
+τ_pᵀ G_p τ_p = mean_n ‖J_p(x_n) τ_p‖² is added to L_drift (``Curvature.penalty``, the dense term; block-diagonal across groups and
 layers, like the EK-FAC blocks); DELTA weights it by ``dense_block_scale`` (training/delta.py).
 
 Estimate. u = J_p(x)ᵀ v is the gradient of ⟨v, g(x)⟩ with respect to p. With ``probes``:
@@ -40,9 +45,8 @@ Cost with MC probes: about one forward + backward per reference example (random 
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,45 +58,13 @@ from tqdm.auto import tqdm
 from deltamerge.data import Inputs, num_rows, take, to_device
 from deltamerge.errors import DeltaMergeError
 from deltamerge.feature_space import apply_transform
+# the blocks as data (re-exported: their public home was this module)
+from deltamerge.curvature.dense import DenseBlock, block_specs, blocks_from, penalty_form  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from deltamerge.backbones.base import Backbone
     from deltamerge.config import CurvatureConfig
     from deltamerge.curvature.factors import Curvature
-
-
-@dataclass
-class DenseBlock:
-    """The dense GGN block of one parameter group: ``G`` is [d, d], d = Σ numel over ``params`` (flattened and
-    concatenated in that order)."""
-
-    name: str                       # the group: a LayerNorm module name, or the class-embedding parameter's name
-    params: list[str]
-    shapes: list[tuple[int, ...]]
-    G: Tensor
-    num_data: int = 0               # N, the reference examples G averages over (0: not recorded, older files)
-
-    @property
-    def dim(self) -> int:
-        return sum(math.prod(s) for s in self.shapes)
-
-    def to(self, device: torch.device | str) -> "DenseBlock":
-        return DenseBlock(self.name, list(self.params), list(self.shapes), self.G.to(device), self.num_data)
-
-    def vector(self, delta: dict[str, Tensor]) -> Tensor | None:
-        """τ_p (flattened, missing parameters as zeros) in G's dtype; None when no parameter of the group is in
-        ``delta``."""
-        ref = next((delta[p] for p in self.params if p in delta), None)
-        if ref is None:
-            return None
-        parts = [delta[p].reshape(-1) if p in delta else ref.new_zeros(math.prod(s))
-                 for p, s in zip(self.params, self.shapes)]
-        return torch.cat(parts).to(self.G.dtype)
-
-    def penalty(self, delta: dict[str, Tensor]) -> Tensor | None:
-        """τ_pᵀ G_p τ_p (None when the group is not in ``delta``)."""
-        v = self.vector(delta)
-        return None if v is None else v @ (self.G @ v)
 
 
 def dense_groups(backbone: "Backbone") -> dict[str, list[str]]:
@@ -205,32 +177,6 @@ def estimate_dense_blocks(backbone: "Backbone", reference: Inputs, cfg: "Curvatu
             for g, ps in groups.items()]
 
 
-def penalty_form(block: DenseBlock, reduction: str = "mean", bias: str = "joint") -> DenseBlock:
-    """``block`` as DELTA's drift penalty uses it. ``reduction``: "mean" keeps G_p = (1/N) Σ_n J_pᵀJ_p (the paper
-    profile), "sum" gives Σ_n J_pᵀJ_p = N·G_p (the authors' EK-FAC code sums without 1/N). ``bias``: "joint" keeps the
-    cross terms between a group's parameters (one block for a LayerNorm's weight and bias), "separate" zeroes them
-    (one block per parameter, as the authors' code; τᵀGτ then equals the sum of the per-parameter penalties)."""
-    if reduction not in ("mean", "sum") or bias not in ("joint", "separate"):
-        raise DeltaMergeError(f"dense block form: reduction must be 'mean' or 'sum' (got {reduction!r}), bias "
-                              f"'joint' or 'separate' (got {bias!r})")
-    G = block.G
-    if bias == "separate" and len(block.params) > 1:
-        keep = torch.zeros_like(G, dtype=torch.bool)
-        start = 0
-        for s in block.shapes:
-            end = start + math.prod(s)
-            keep[start:end, start:end] = True
-            start = end
-        G = torch.where(keep, G, torch.zeros_like(G))
-    if reduction == "sum":
-        if block.num_data <= 0:
-            raise DeltaMergeError(f"dense block '{block.name}' does not record its number of reference examples "
-                                  "(a curvature file from an older version): estimate the curvature again to use "
-                                  "dense_block_reduction: sum")
-        G = G * block.num_data
-    return DenseBlock(block.name, list(block.params), list(block.shapes), G, block.num_data)
-
-
 def with_dense_blocks(curvature: "Curvature", backbone: "Backbone", reference: Inputs,
                       cfg: "CurvatureConfig") -> "Curvature":
     """``curvature`` with the backbone's dense blocks estimated and attached; its recorded config gets
@@ -269,45 +215,21 @@ def dense_weights(curvature: "Curvature", names: list[str], scale: float) -> dic
     return {p: scale for block in curvature.dense for p in block.params if p in names}
 
 
-def block_specs(blocks: list[DenseBlock]) -> list[dict[str, Any]]:
-    """The blocks' metadata entries (the artifact stores ``G`` as tensor ``dense/<name>``)."""
-    return [{"name": b.name, "params": list(b.params), "shapes": [list(s) for s in b.shapes],
-             **({"num_data": b.num_data} if b.num_data > 0 else {})} for b in blocks]
+# ---- the regime hook: what a training configuration asks of the curvature --------------------------------------
+def wants_dense_blocks(cfg: Any) -> bool:
+    """Whether a training configuration trains the LayerNorms / class embedding under dense blocks (DELTA's
+    ``dense_norm_blocks``; False for every config without the field). The one place generic code asks it."""
+    return bool(getattr(cfg, "dense_norm_blocks", False))
 
 
-def blocks_from(specs: Any, tensors: dict[str, Tensor], path: Any,
-                parameters: dict[str, Tensor] | None = None) -> list[DenseBlock]:
-    """Dense blocks read back from an artifact's metadata and tensors, validated (shapes, parameters)."""
-    if specs is None:
-        return []
-    if not isinstance(specs, list):
-        raise DeltaMergeError(f"{path}: corrupt curvature metadata ('dense' is not a list)")
-    blocks = []
-    for spec in specs:
-        ok = isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("params"), list) \
-            and isinstance(spec.get("shapes"), list) and len(spec["params"]) == len(spec["shapes"]) \
-            and all(isinstance(p, str) for p in spec["params"]) \
-            and all(isinstance(s, list) and all(isinstance(d, int) for d in s) for s in spec["shapes"])
-        if not ok:
-            raise DeltaMergeError(f"{path}: corrupt curvature metadata (a dense block entry is {str(spec)[:80]!r})")
-        key = f"dense/{spec['name']}"
-        if key not in tensors:
-            raise DeltaMergeError(f"{path}: dense block '{spec['name']}' lacks its tensor: corrupt or incomplete "
-                                  "curvature file (estimate it again)")
-        num = spec.get("num_data", 0)
-        if not isinstance(num, int) or isinstance(num, bool) or num < 0:
-            raise DeltaMergeError(f"{path}: corrupt curvature metadata (dense block '{spec['name']}' has num_data "
-                                  f"{num!r})")
-        block = DenseBlock(spec["name"], list(spec["params"]), [tuple(s) for s in spec["shapes"]], tensors[key], num)
-        if tuple(block.G.shape) != (block.dim, block.dim):
-            raise DeltaMergeError(f"{path}: dense block '{block.name}' is {tuple(block.G.shape)}, expected "
-                                  f"({block.dim}, {block.dim}) from its parameters' shapes")
-        if parameters is not None:
-            for p, s in zip(block.params, block.shapes):
-                if p not in parameters:
-                    raise DeltaMergeError(f"{path}: parameter '{p}' does not exist in this model")
-                if tuple(parameters[p].shape) != s:
-                    raise DeltaMergeError(f"{path}: dense block '{block.name}' expects '{p}' of shape {s}, the "
-                                          f"model's is {tuple(parameters[p].shape)}: shape mismatch")
-        blocks.append(block)
-    return blocks
+def for_training(cfg: Any, backbone: "Backbone", names: list[str],
+                 curvature: "Curvature | None") -> tuple[list[str], "Curvature | None"]:
+    """The trainable ``names`` and the ``curvature`` a run with ``cfg`` uses: with dense blocks wanted, the
+    blocks' parameters join ``names`` (``dense_trainable``: one clear error when the curvature lacks a block);
+    otherwise the curvature's dense blocks are dropped, so that a result does not depend on whether a shared
+    curvature file happens to hold them."""
+    if wants_dense_blocks(cfg):
+        return dense_trainable(backbone, names, curvature), curvature
+    if curvature is not None and curvature.dense:
+        curvature = dataclasses.replace(curvature, dense=[])
+    return list(names), curvature

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deltamerge.artifacts import fingerprint
-from deltamerge.distributed import show_progress
+from deltamerge.distributed import is_main, show_progress
 from deltamerge.backbones.base import Backbone
 from deltamerge.config import CurvatureConfig
-from deltamerge.curvature.factors import Curvature, LayerCurvature
+from deltamerge.curvature.factors import Curvature, LayerCurvature, curvature_class
 from deltamerge.curvature.reference import subsample
 from deltamerge.curvature.sharded import all_reduce_corrections, all_reduce_factors, broadcast_eigenbases, \
     shard_reference
@@ -38,13 +38,13 @@ from deltamerge.lazy import is_token_inputs
 _JIT_SCRIPT_WARNING = r"`torch\.jit\.script` is deprecated"
 
 
-def _curvlinops() -> tuple[type, type]:
-    """curvlinops' EK-FAC and KFAC operators, imported with (only) torch's ``torch.jit.script`` deprecation warning
-    silenced, where it comes from."""
+def _curvlinops(name: str) -> type:
+    """curvlinops' operator class ``name`` (the curvature class's ``operator``), imported with (only) torch's
+    ``torch.jit.script`` deprecation warning silenced, where it comes from."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_SCRIPT_WARNING)
-        from curvlinops import EKFACLinearOperator, KFACLinearOperator
-    return EKFACLinearOperator, KFACLinearOperator
+        import curvlinops
+    return getattr(curvlinops, name)
 
 
 def _eigvecs(factor: Tensor, jitter: float) -> Tensor:
@@ -114,7 +114,8 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     ``data_sources.as_inputs`` accepts), for ``modules``
     (default: the backbone's ``curvature_modules()``); exact (type-2, one backward per feature) or MC probes.
     ``cfg.dense_blocks``: also a dense GGN block per LayerNorm / class embedding (curvature/dense_blocks.py)."""
-    EKFACLinearOperator, KFACLinearOperator = _curvlinops()
+    kind_cls = curvature_class(cfg.kind)
+    operator = _curvlinops(kind_cls.operator)
     from deltamerge.data_sources import as_inputs
     from deltamerge.model import as_backbone
 
@@ -148,8 +149,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     masks = MaskHolder() if is_dict and cfg.mask_padding else None
     data = _Batches(shard_reference(reference), cfg.batch_size, device, backbone.feature_dim, masks)  # N stays global
     before = _hook_keys(backbone)  # curvlinops removes its hooks only when a pass completes
-    op_cls = EKFACLinearOperator if cfg.kind == "ekfac" else KFACLinearOperator
-    op_cls = masked_operator(op_cls) if masks is not None else op_cls
+    op_cls = masked_operator(operator) if masks is not None else operator
     op = op_cls(backbone, nn.MSELoss(reduction="sum"), params, data, progressbar=show_progress(cfg.progress),
                 check_deterministic=False, seed=probe_seed(cfg.seed),
                 fisher_type="type-2" if cfg.probes == "exact" else "mc",
@@ -163,7 +163,7 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
     try:
         op.compute_kronecker_factors()
         all_reduce_factors(op)  # data-parallel ranks: Σ of the per-shard factors (curvature/sharded.py)
-        if cfg.kind == "ekfac":
+        if kind_cls.eigen_corrected:
             # Eigenbases in float64 (see module docstring); curvlinops then skips its own float32 eigh.
             for src, dst in ((op._input_covariances, op._input_covariances_eigenvectors),
                              (op._gradient_covariances, op._gradient_covariances_eigenvectors)):
@@ -180,9 +180,9 @@ def estimate_curvature(backbone: Backbone, reference: Inputs, cfg: CurvatureConf
             hook.remove()
         for p in backbone.parameters():
             p.requires_grad_(old_flags[id(p)])
-    layers = _collect(op, backbone, params, cfg.kind, scale=1.0 / (2.0 * n))
+    layers = _collect(op, backbone, params, kind_cls, scale=1.0 / (2.0 * n))
     meta = {"backbone": backbone.name, "num_data": n, "kfac_approx": approx, "config": cfg.model_dump()}
-    return Curvature(cfg.kind, layers, fingerprint(backbone), meta)
+    return Curvature.create(cfg.kind, layers, fingerprint(backbone), meta)
 
 
 #: curvlinops' own default seed of its MC-probe generator: ``seed: 0`` keeps the probes every run before the seed
@@ -255,27 +255,20 @@ def _joined(parts: list[Curvature], cfg: CurvatureConfig, backbone: Backbone) ->
     layers = [layer for part in parts for layer in part.layers]
     meta = {**parts[0].meta, "kfac_approx": "reduce+expand(attention keys)", "config": cfg.model_dump(),
             "attention_key_layers": [layer.module for part in parts[1:] for layer in part.layers]}
-    return Curvature(cfg.kind, layers, parts[0].base_fingerprint, meta)
+    return Curvature.create(cfg.kind, layers, parts[0].base_fingerprint, meta)
 
 
-def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind: str, scale: float) -> list[LayerCurvature]:
+def _collect(op, backbone: Backbone, params: list[nn.Parameter], kind_cls: type[Curvature],
+             scale: float) -> list[LayerCurvature]:
     """Re-key curvlinops' per-position factors by parameter name and apply the 1/(2N) normalisation (factors keep
-    the model's dtype: float32 models give float32 factors)."""
+    the model's dtype: float32 models give float32 factors; which factors: ``kind_cls.factors_from``)."""
     names = {id(p): n for n, p in backbone.named_parameters()}
     layers = []
     for mod_name, pos in op._mapping.items():
         weight = names[id(params[pos["weight"]])]
         bias = names[id(params[pos["bias"]])] if "bias" in pos else None
         joint = bias is not None and not op._separate_weight_and_bias
-        if kind == "ekfac":
-            ev = op._corrected_eigenvalues[mod_name]
-            tensors = {"U_A": op._input_covariances_eigenvectors[mod_name],
-                       "U_G": op._gradient_covariances_eigenvectors[mod_name],
-                       "S": (ev if joint else ev[pos["weight"]]) * scale}
-            if bias is not None and not joint:
-                tensors["S_bias"] = ev[pos["bias"]] * scale
-        else:
-            tensors = {"A": op._input_covariances[mod_name], "G": op._gradient_covariances[mod_name] * scale}
+        tensors = kind_cls.factors_from(op, mod_name, pos, joint, scale)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         layers.append(LayerCurvature(mod_name, weight, bias, tensors, joint))
     return layers

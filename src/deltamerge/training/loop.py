@@ -3,7 +3,6 @@ optional bf16 autocast, tqdm progress, checkpoint every N steps and resume."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -19,6 +18,7 @@ from deltamerge.artifacts import fingerprint, load_artifact, save_artifact
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, as_train_config, config_hash, resolve_device
 from deltamerge.curvature import Curvature
+from deltamerge.curvature.dense_blocks import for_training as curvature_for_training
 from deltamerge.data import ArrayDataset, take
 from deltamerge.data_sources import as_dataset
 from deltamerge.errors import DeltaMergeError
@@ -160,18 +160,11 @@ def train(backbone: Backbone, head: Head, data: ArrayDataset | Any, cfg: BaseTra
     if curvature is not None:
         if curvature.base_fingerprint != base_fp:
             raise DeltaMergeError("the curvature file was estimated for another base model: wrong base model")
-        if curvature.dense and not getattr(cfg, "dense_norm_blocks", False):
-            # dense LayerNorm / class-embedding blocks serve dense_norm_blocks runs only: another run's result does
-            # not depend on whether the shared curvature file happens to hold them
-            curvature = dataclasses.replace(curvature, dense=[])
         curvature = curvature.to(device)
     policy = regime_cls.trainable_policy or cfg.trainable
     check_feature_space(cfg.feature_transform, head, curvature if regime_cls.needs_curvature else None)
-    names = trainable_names(backbone, policy)
-    if getattr(cfg, "dense_norm_blocks", False):  # + LayerNorms / class embedding, penalised by dense blocks
-        from deltamerge.curvature.dense_blocks import dense_trainable
-
-        names = dense_trainable(backbone, names, curvature)
+    # the regime's curvature hook: dense blocks' parameters join the trained ones, or the blocks are dropped
+    names, curvature = curvature_for_training(cfg, backbone, trainable_names(backbone, policy), curvature)
     model = FunctionalModel(backbone, names, transform=cfg.feature_transform)
     regime = regime_cls(model, head, cfg, curvature if regime_cls.needs_curvature else None, context)
     regime.prepare(data)

@@ -60,8 +60,7 @@ def curvature_share(curvature, rk: int | None = None, world: int | None = None) 
     rk = dist.rank() if rk is None else rk
 
     def cost(layer) -> float:
-        left, right = (layer.tensors["U_G"], layer.tensors["U_A"]) if "U_G" in layer.tensors else \
-            (layer.tensors["G"], layer.tensors["A"])
+        left, right = layer.tensors[curvature.left], layer.tensors[curvature.right]
         o, i = left.shape[0], right.shape[0]
         return float(o * i * (o + i))
 
