@@ -55,3 +55,27 @@ def test_task_curvature_folder_is_named_only_in_rundir():
     where = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                    if any(q + "task_curvature" + q in p.read_text() for q in ('"', "'")))
     assert where == ["rundir.py"], where
+
+
+def test_a_file_of_an_older_estimator_is_estimated_again(tmp_path):
+    """Issue 23 item 7 changed the factors (masked expand rows, ViT keys) without changing any config hash: a cached
+    file without the current ``estimator_version`` must be re-estimated, not reused (main reused it)."""
+    from deltamerge.curvature.cache import ESTIMATOR_VERSION
+
+    bb = ToyMLP(seed=0)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    calls, logs = [], []
+
+    def estimate():
+        calls.append(1)
+        return estimate_curvature(bb, x, CurvatureConfig(probes="exact", batch_size=16, progress=False))
+
+    path = tmp_path / "c.safetensors"
+    old = estimate()
+    old.meta.update({"config_hash": "h1"})  # as main wrote it: no estimator_version
+    old.save(path)
+    reuse = lambda m: "reused" if m.get("config_hash") == "h1" else None  # noqa: E731
+    curv = load_or_estimate(path, bb, estimate, {"config_hash": "h1"}, reuse, logs.append, "estimating")
+    assert len(calls) == 2 and "older estimator" in logs[0] and curv.meta["estimator_version"] == ESTIMATOR_VERSION
+    load_or_estimate(path, bb, estimate, {"config_hash": "h1"}, reuse, logs.append, "estimating")
+    assert len(calls) == 2 and logs[-1] == "reused"  # the re-estimated file is reused
