@@ -184,8 +184,7 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
             raise DeltaMergeError(f"--others must not include the task being trained ('{task}')")
     else:
         names = []
-    ws = Workspace(s, preset, out.parent)  # TAK's per-task KFAC cached beside OUT (task_curvature/)
-    ws.backbone = s.backbone()
+    ws = Workspace(s, preset, out.parent, backbone=s.backbone())  # TAK's per-task KFAC beside OUT (task_curvature/)
     why = regime_cls.unsupported_reason(ws.backbone)
     if why:
         raise DeltaMergeError(why)
@@ -194,7 +193,7 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
         if curvature_file is None:
             raise DeltaMergeError(f"regime '{regime}' needs --curvature FILE (make one with `deltamerge curvature`)")
         curv = ws.curvature_file(curvature_file)
-    ws.load([task, *names], backbone=ws.backbone)
+    ws.load([task, *names])
     ws.build_heads(cached=False, names=[task])
     vecs = ws.train_to(task, cfg, curv, out, resume, "re-run the same command with --resume")
     for role in order:

@@ -26,6 +26,7 @@ from deltamerge.safeio import atomic_write_text as write_text
 from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
 from deltamerge.suites import get_suite
 from deltamerge.suites.base import Suite
+from deltamerge.suites.preference_base import PreferenceSuite
 from deltamerge.taskvector import TaskVector
 from deltamerge.training import get_regime
 from deltamerge.workspace import Workspace
@@ -68,7 +69,7 @@ def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict
     ``force`` (results replaced; vectors trained with the same settings still reused) — see ``run_guard.py``."""
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
-    if getattr(suite, "kind", "") == "preference":  # LLM preference suites: DPO vectors, Affine-2 sweep
+    if isinstance(suite, PreferenceSuite):  # LLM preference suites: DPO vectors, Affine-2 sweep
         from deltamerge.pipeline_preference import run_preference
 
         return run_preference(cfg, suite, force)

@@ -40,10 +40,10 @@ class Workspace:
     output). ``others_dir``: where the per-task KFAC of TAK is cached (default ROOT/task_curvature)."""
 
     def __init__(self, suite: Suite, preset: str, root: Path, others_dir: Path | None = None,
-                 log: Callable[[str], None] = log) -> None:
+                 backbone: Backbone | None = None, log: Callable[[str], None] = log) -> None:
         self.suite, self.preset, self.root, self.log = suite, preset, Path(root), log
         self.others_dir = Path(others_dir) if others_dir is not None else self.root / rundir.TASK_CURVATURE
-        self.backbone: Backbone | None = None
+        self.backbone: Backbone | None = backbone
         self.tasks: dict[str, Task] = {}
         self.control: Task | None = None
         self.heads: dict[str, Head] = {}
@@ -52,9 +52,12 @@ class Workspace:
     # -- loading ------------------------------------------------------------------------------------------------
     def load(self, task_names: list[str] | None = None, control: bool = False,
              backbone: Backbone | None = None) -> "Workspace":
-        """The backbone (``backbone`` if given, else the suite's), the tasks ``task_names`` (None: the suite's
+        """The backbone (``backbone`` if given, else the one already set, else the suite's), the tasks ``task_names`` (None: the suite's
         default) and, with ``control``, the suite's control task."""
-        self.backbone = backbone if backbone is not None else self.suite.backbone()
+        if backbone is not None:
+            self.backbone = backbone
+        elif self.backbone is None:
+            self.backbone = self.suite.backbone()
         self.tasks = self.suite.tasks(self.preset, task_names)
         self.control = self.suite.control(self.preset) if control else None
         return self
