@@ -10,6 +10,8 @@ preference pipeline and the Python ``finetune`` (api.py) all read the same way, 
     curvature = ws.curvature(run_cfg, train_cfgs)    # ROOT/curvature.safetensors, estimated or reused
     vectors = ws.train(task, train_cfg, curvature)   # ROOT/vectors/REGIME/TASK.safetensors, trained or reused
 
+The Python ``finetune`` has no suite and no directory: ``Workspace.for_model(model, others)`` and ``fit`` (in memory).
+
 The other tasks a regime regularizes against (τJp: their inputs; TAK: their KFAC, cached in ROOT/task_curvature/)
 are handed to training by ``context``: every ``train`` call gets the context its regime declares
 (``needs_others``; DELTA with ``drift: function`` the reference inputs), so no entry point assembles it itself.
@@ -18,16 +20,16 @@ are handed to training by ``context``: every ``train`` call gets the context its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from deltamerge import rundir
 from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, RunConfig
 from deltamerge.curvature import Curvature
-from deltamerge.data import Task
+from deltamerge.data import ArrayDataset, Task
 from deltamerge.errors import DeltaMergeError
-from deltamerge.other_tasks import OtherTasks
+from deltamerge.other_tasks import GivenOthers, OtherTasks
 from deltamerge.run_guard import commit_vectors
 from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log, wants_dense_blocks
 from deltamerge.suites.base import Suite
@@ -39,15 +41,24 @@ class Workspace:
     """One suite's working set under ``root`` (a run directory, a search directory, or the folder of a finetune
     output). ``others_dir``: where the per-task KFAC of TAK is cached (default ROOT/task_curvature)."""
 
-    def __init__(self, suite: Suite, preset: str, root: Path, others_dir: Path | None = None,
-                 backbone: Backbone | None = None, log: Callable[[str], None] = log) -> None:
-        self.suite, self.preset, self.root, self.log = suite, preset, Path(root), log
-        self.others_dir = Path(others_dir) if others_dir is not None else self.root / rundir.TASK_CURVATURE
+    def __init__(self, suite: Suite | None, preset: str, root: Path | None, others_dir: Path | None = None,
+                 backbone: Backbone | None = None, log: Callable[[str], None] = log,
+                 others: OtherTasks | GivenOthers | None = None) -> None:
+        self.suite, self.preset, self.log = suite, preset, log
+        self.root = Path(root) if root is not None else None
+        self.others_dir = Path(others_dir) if others_dir is not None else \
+            (self.root / rundir.TASK_CURVATURE if self.root is not None else None)
         self.backbone: Backbone | None = backbone
         self.tasks: dict[str, Task] = {}
         self.control: Task | None = None
         self.heads: dict[str, Head] = {}
-        self._others: OtherTasks | None = None
+        self._others = others
+
+    @classmethod
+    def for_model(cls, model: Any, others: GivenOthers | None = None) -> "Workspace":
+        """A workspace of one model and no suite or directory (the Python API): ``fit`` trains in memory, the
+        other tasks (τJp, TAK) are the caller's ``others``."""
+        return cls(None, "", None, backbone=model, others=others)
 
     # -- loading ------------------------------------------------------------------------------------------------
     def load(self, task_names: list[str] | None = None, control: bool = False,
@@ -92,9 +103,11 @@ class Workspace:
 
     # -- the other tasks ----------------------------------------------------------------------------------------
     @property
-    def others(self) -> OtherTasks:
-        """The other tasks of the loaded ones (their inputs, their KFAC cached in ``others_dir``)."""
+    def others(self) -> OtherTasks | GivenOthers:
+        """The other tasks of the loaded ones (their inputs, their KFAC cached in ``others_dir``), or those given."""
         if self._others is None:
+            if self.suite is None:
+                raise DeltaMergeError("others: this regime regularizes against the other tasks; pass them")
             self._others = OtherTasks(self.suite, self._backbone(), self.tasks, self.preset, self.others_dir,
                                       self.log)
         return self._others
@@ -104,15 +117,15 @@ class Workspace:
         for name in self.tasks:
             self.others.kfac(name)
 
-    def context(self, cfg: BaseTrainConfig, task: str) -> TrainContext | None:
+    def context(self, cfg: BaseTrainConfig, task: str | None) -> TrainContext | None:
         """What training ``task`` under ``cfg`` reads besides its own data: the other tasks (the regime's
         ``needs_others``), the reference inputs (DELTA's ``drift: function``), or nothing."""
         kind = get_regime(cfg.regime).needs_others
         if kind:
             return self.others.context(kind, task)
-        if getattr(cfg, "drift", "ekfac") == "function":
+        if getattr(cfg, "drift", "ekfac") == "function" and (self.suite is not None or self._others is not None):
             return TrainContext(reference=self.others.reference())
-        return None
+        return None  # (a model without a suite has no reference set: training says so if it needs one)
 
     # -- training -----------------------------------------------------------------------------------------------
     def train(self, task: str | Task, cfg: BaseTrainConfig, curvature: Curvature | None,
@@ -142,6 +155,11 @@ class Workspace:
                      meta={"task": task, "suite": self.suite.name}, context=self.context(cfg, task),
                      log_file=rundir.log_path(out),
                      commit=lambda v: commit_vectors({paths[r]: v[r] for r in order}, ckpt, how_to_resume))
+
+    def fit(self, head: Head | None, data: ArrayDataset, cfg: BaseTrainConfig,
+            curvature: Curvature | None) -> dict[str, TaskVector]:
+        """{role: vector} of one task's ``data`` under ``cfg``, trained in memory (no file, no checkpoint)."""
+        return train(self._backbone(), head, data, cfg, curvature=curvature, context=self.context(cfg, None))
 
     def _backbone(self) -> Backbone:
         if self.backbone is None:
