@@ -1,7 +1,9 @@
 """The main job: suite → curvature → fine-tune every task under every regime → merge → evaluate → results.json.
 
 Every stage writes a file under the run directory and is reused when the run is repeated (a task vector is reused
-only if it was trained with the same configuration on the same base model).
+only if it was trained with the same configuration on the same base model). The stages are the Workspace's
+(workspace.py: heads, curvature, other tasks, training); this module decides which regimes run, times them and
+evaluates. A ``PreferenceSuite`` runs ``pipeline_preference`` instead.
 """
 
 from __future__ import annotations
