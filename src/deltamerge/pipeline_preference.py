@@ -78,7 +78,7 @@ def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: Prefer
                   out: Path, force: bool = False) -> dict[str, dict[str, object]]:
     """regime → {axis (or "mixed") → task vector of the regime's output role}."""
     vectors: dict[str, dict[str, object]] = {}
-    ws = Workspace(suite, cfg.preset, out, backbone=backbone)  # no classification tasks: the axes are tasks of their own
+    ws = Workspace(suite, cfg.preset, out, backbone=backbone)  # no classification tasks: each axis is a task
     curvature = None
     if any(get_regime(r).needs_curvature for r in regimes):  # dpo-distilled-curvature only (off in the paper)
         curvature = ws.curvature(cfg)

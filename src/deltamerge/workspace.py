@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from deltamerge import rundir
+from deltamerge import rundir, training
 from deltamerge.artifacts import fingerprint
 from deltamerge.backbones.base import Backbone, Head
 from deltamerge.config import BaseTrainConfig, RunConfig
@@ -34,7 +34,7 @@ from deltamerge.run_guard import commit_vectors
 from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log, wants_dense_blocks
 from deltamerge.suites.base import Suite
 from deltamerge.taskvector import TaskVector
-from deltamerge.training import TrainContext, get_regime, train
+from deltamerge.training import TrainContext, get_regime
 
 
 class Workspace:
@@ -63,8 +63,8 @@ class Workspace:
     # -- loading ------------------------------------------------------------------------------------------------
     def load(self, task_names: list[str] | None = None, control: bool = False,
              backbone: Backbone | None = None) -> "Workspace":
-        """The backbone (``backbone`` if given, else the one already set, else the suite's), the tasks ``task_names`` (None: the suite's
-        default) and, with ``control``, the suite's control task."""
+        """The backbone (``backbone`` if given, else the one already set, else the suite's), the tasks
+        ``task_names`` (None: the suite's default) and, with ``control``, the suite's control task."""
         if backbone is not None:
             self.backbone = backbone
         elif self.backbone is None:
@@ -151,15 +151,16 @@ class Workspace:
         order = [r for r in paths if r != regime.output_role] + [regime.output_role]
         ckpt = rundir.checkpoint_path(out)
         loaded = self.tasks[task]
-        return train(self._backbone(), self.heads[task], loaded.train, cfg, curvature, checkpoint=ckpt, resume=resume,
-                     meta={"task": task, "suite": self.suite.name}, context=self.context(cfg, task),
-                     log_file=rundir.log_path(out),
-                     commit=lambda v: commit_vectors({paths[r]: v[r] for r in order}, ckpt, how_to_resume))
+        return training.train(self._backbone(), self.heads[task], loaded.train, cfg, curvature, checkpoint=ckpt,
+                              resume=resume, meta={"task": task, "suite": self.suite.name},
+                              context=self.context(cfg, task), log_file=rundir.log_path(out),
+                              commit=lambda v: commit_vectors({paths[r]: v[r] for r in order}, ckpt, how_to_resume))
 
     def fit(self, head: Head | None, data: ArrayDataset, cfg: BaseTrainConfig,
             curvature: Curvature | None) -> dict[str, TaskVector]:
         """{role: vector} of one task's ``data`` under ``cfg``, trained in memory (no file, no checkpoint)."""
-        return train(self._backbone(), head, data, cfg, curvature=curvature, context=self.context(cfg, None))
+        return training.train(self._backbone(), head, data, cfg, curvature=curvature,
+                              context=self.context(cfg, None))
 
     def _backbone(self) -> Backbone:
         if self.backbone is None:
