@@ -85,3 +85,22 @@ def test_run_routes_by_suite_class_not_a_kind_string(tmp_path, monkeypatch):
     with pytest.raises(DeltaMergeError, match="unknown regime"):  # the classification checks ran, not run_preference
         run(RunConfig(suite="synthetic", regimes=["no-such-regime"], out=tmp_path / "run"), suite=suite)
     assert called == []
+
+
+def test_cli_finetune_hands_function_drift_its_reference(tmp_path):
+    """``deltamerge finetune`` trains through the same Workspace as ``run``: DELTA with ``drift: function`` gets the
+    suite's reference inputs (before: 'drift function needs the suite's reference inputs', exit 2)."""
+    from typer.testing import CliRunner
+
+    from deltamerge.cli import app
+
+    runner = CliRunner()
+    curv = tmp_path / "c.safetensors"
+    assert runner.invoke(app, ["curvature", "synthetic", "--out", str(curv)]).exit_code == 0
+    cfg = tmp_path / "delta.yaml"
+    cfg.write_text("regime: delta\ndrift: function\ndrift_batch_size: 8\nsteps: 2\n")
+    out = tmp_path / "v" / "task0.safetensors"
+    r = runner.invoke(app, ["finetune", "synthetic", "task0", "--config", str(cfg), "--curvature", str(curv),
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and out.with_name("task0.teacher.safetensors").is_file()
