@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("evaluation", {"evaluation"}),
     ("run files", {"rundir", "run_guard"}),
     ("report", {"report"}),
-    ("stages", {"stages", "run_diagnostics", "tuning"}),
+    ("stages", {"stages", "run_diagnostics", "tuning", "workspace"}),
     ("pipeline", {"pipeline", "pipeline_preference"}),
     ("interfaces", {"api", "cli", "cli_common", "cli_artifacts"}),
 ]

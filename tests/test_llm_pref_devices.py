@@ -175,11 +175,11 @@ def test_dpo_mixed_sees_as_many_pairs_per_axis_as_the_two_vector_methods(hub_lik
     suite = get_suite("llm-pref", hub_like)
     seen = {}
 
-    def capture(task, backbone, head, cfg, *args, **kwargs):
+    def capture(workspace, task, cfg, *args, **kwargs):  # every vector is trained through the Workspace
         seen[(cfg.regime, task.name)] = cfg
         raise StopIteration
 
-    monkeypatch.setattr(pp, "load_or_train", capture)
+    monkeypatch.setattr(pp.Workspace, "train", capture)
     data = suite.preference_data("full", suite.backbone("quick"))
     for regime, train in (("dpo", {}), ("dpo-mixed", {}), ("dpo-mixed", {"steps": 7})):
         cfg = RunConfig(suite="llm-pref", suite_options=hub_like, out=tmp_path, regimes=[regime], preset="full",

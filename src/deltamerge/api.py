@@ -59,7 +59,8 @@ def finetune(model: Any, head: Any, data: Any, regime: str = "delta", curvature:
     here: ``others={name: data}`` (any labelled or unlabelled source; τJp uses their inputs, TAK the KFAC of their
     inputs, estimated once per call unless ``others_curvature={name: KFAC Curvature}`` gives it) and, for τJp's
     control-domain term, ``reference`` inputs."""
-    from deltamerge.training import get_regime, train
+    from deltamerge.training import get_regime
+    from deltamerge.workspace import Workspace
 
     regime_cls = get_regime(regime)
     cfg: BaseTrainConfig = train_config(regime, **options)
@@ -71,18 +72,17 @@ def finetune(model: Any, head: Any, data: Any, regime: str = "delta", curvature:
             raise DeltaMergeError(f"curvature: regime '{regime}' uses no curvature and would ignore it; drop "
                                   "curvature=... or choose a curvature regime (e.g. 'delta', 'linear-ekfac')")
     data = as_dataset(data, columns, what="training data")
-    context = _others(model, regime, regime_cls.needs_others, others, others_curvature, reference, columns, cfg)
-    vectors = train(model, head, data, cfg, curvature=curvature, context=context)
-    return vectors[regime_cls.output_role]
+    given = _others(model, regime, regime_cls.needs_others, others, others_curvature, reference, columns, cfg)
+    return Workspace.for_model(model, given).fit(head, data, cfg, curvature)[regime_cls.output_role]
 
 
 def _others(model: Any, regime: str, kind: str | None, others: Any, others_curvature: Any, reference: Any,
             columns: Columns | None, cfg: BaseTrainConfig):
-    """The TrainContext of a regime that needs the other tasks (``other_tasks.others_context``, as the CLI builds
-    it), or None; what a regime would ignore is refused."""
+    """The other tasks a regime regularizes against, as ``other_tasks.GivenOthers`` (the Workspace hands them to
+    training as the CLI's suite tasks are), or None; what a regime would ignore is refused."""
     from deltamerge.artifacts import fingerprint
     from deltamerge.model import as_backbone
-    from deltamerge.other_tasks import others_context, task_kfac
+    from deltamerge.other_tasks import GivenOthers
 
     given = {k: v for k, v in (("others", others), ("others_curvature", others_curvature),
                                ("reference", reference)) if v is not None}
@@ -114,15 +114,11 @@ def _others(model: Any, regime: str, kind: str | None, others: Any, others_curva
             raise DeltaMergeError(f"others_curvature['{n}'] was estimated for another base model: wrong base model")
     inputs = {n: as_inputs(d, columns, what=f"others['{n}']") for n, d in (others or {}).items()}
     kfac_cfg = CurvatureConfig(kind="kfac", progress=getattr(cfg, "progress", True))
-
-    def kfac(n: str) -> Curvature:
-        return (others_curvature or {}).get(n) or task_kfac(backbone, inputs[n], kfac_cfg)
-
     missing = [n for n in names if n not in inputs and kind == "inputs"]
     if missing:
         raise DeltaMergeError(f"others: no data for {missing}")
     ref = None if reference is None else as_inputs(reference, columns)
-    return others_context(kind, names, inputs.__getitem__, kfac, lambda: ref)
+    return GivenOthers(backbone, names, inputs, others_curvature or {}, kfac_cfg, ref)
 
 
 def merge(vectors: list[TaskVector] | dict[str, TaskVector], method: str = "task-arithmetic", alpha: float = 1.0,

@@ -141,11 +141,9 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
     """Fine-tune one task under one regime and write its task vector (DELTA: the student; teacher beside it), with
     its per-step log (OUT stem + .log.jsonl)."""
     from deltamerge import rundir
-    from deltamerge.artifacts import fingerprint
     from deltamerge.config import read_yaml, train_config, with_overrides
-    from deltamerge.curvature import Curvature
-    from deltamerge.run_guard import commit_vectors
-    from deltamerge.training import get_regime, train
+    from deltamerge.training import get_regime
+    from deltamerge.workspace import Workspace
 
     _preset(preset)
     regime_name = regime or "delta"
@@ -179,33 +177,25 @@ def finetune(suite: str = typer.Argument(..., help=f"suite: {SUITE_NAMES}, or a 
         cfg = s.train_config(regime_cls.name, preset)
     cfg = with_overrides(cfg, {k: v for k, v in {"steps": steps, "lr": lr}.items() if v is not None})
     _write_lock(out, force or resuming, tuple(paths[r] for r in order[:-1]))
-    backbone = s.backbone()
-    why = regime_cls.unsupported_reason(backbone)
+    if regime_cls.needs_others:
+        names = [n.strip() for n in others.split(",") if n.strip()] if others else \
+            [n for n in s.task_names if n != task]
+        if task in names:
+            raise DeltaMergeError(f"--others must not include the task being trained ('{task}')")
+    else:
+        names = []
+    ws = Workspace(s, preset, out.parent, backbone=s.backbone())  # TAK's per-task KFAC beside OUT (task_curvature/)
+    why = regime_cls.unsupported_reason(ws.backbone)
     if why:
         raise DeltaMergeError(why)
     curv = None
     if regime_cls.needs_curvature:
         if curvature_file is None:
             raise DeltaMergeError(f"regime '{regime}' needs --curvature FILE (make one with `deltamerge curvature`)")
-        curv = Curvature.load(curvature_file, fingerprint(backbone), dict(backbone.named_parameters()))
-    context, names = None, [task]
-    if regime_cls.needs_others:
-        from deltamerge.other_tasks import OtherTasks
-
-        names = [n.strip() for n in others.split(",") if n.strip()] if others else \
-            [n for n in s.task_names if n != task]
-        if task in names:
-            raise DeltaMergeError(f"--others must not include the task being trained ('{task}')")
-        names = [task, *names]
-    loaded = s.tasks(preset, names)
-    if regime_cls.needs_others:
-        context = OtherTasks(s, backbone, loaded, preset, out.parent / rundir.TASK_CURVATURE).context(
-            regime_cls.needs_others, task)
-    t = loaded[task]
-    vecs = train(backbone, s.head(backbone, t), t.train, cfg, curv, checkpoint=ckpt, resume=resume,
-                 meta={"task": task, "suite": s.name}, context=context, log_file=rundir.log_path(out),
-                 commit=lambda v: commit_vectors({paths[r]: v[r] for r in order}, ckpt,
-                                                 "re-run the same command with --resume"))
+        curv = ws.curvature_file(curvature_file)
+    ws.load([task, *names])
+    ws.build_heads(cached=False, names=[task])
+    vecs = ws.train_to(task, cfg, curv, out, resume, "re-run the same command with --resume")
     for role in order:
         vec = vecs[role]
         typer.echo(f"wrote {paths[role]} ({role}, {vec.kind}, ‖τ‖ = {vec.norm():.4g})")

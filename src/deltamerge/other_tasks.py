@@ -1,6 +1,8 @@
 """What the other tasks of a suite contribute to one task's training (τJp: their inputs; TAK: their KFAC).
 
-Built by ``deltamerge run``, ``deltamerge finetune`` and the Python ``finetune(..., others=...)`` for regimes that declare ``needs_others``. Each task's KFAC
+Built for regimes that declare ``needs_others`` by the Workspace (workspace.py) that ``deltamerge run``, ``tune`` and
+``finetune`` drive (``OtherTasks``: a suite's tasks) and that the Python ``finetune(..., others=...)`` drives
+(``GivenOthers``: the caller's data). Each task's KFAC
 (of the feature GGN on its own training inputs, label-free) is estimated once and cached as
 ``<cache_dir>/<task>.kfac.safetensors``; a cached file is reused only if it was made for the same base model, task
 size and curvature configuration.
@@ -72,3 +74,26 @@ class OtherTasks:
                                 f"task curvature: KFAC ({cfg.probes}) on the training inputs of {name}")
         self._kfac[name] = curv
         return curv
+
+
+class GivenOthers:
+    """The other tasks as a caller hands them over (the Python API): inputs by name, KFAC by name (estimated from
+    the inputs once when not given) and the reference inputs; the same ``context`` / ``reference`` as OtherTasks."""
+
+    def __init__(self, backbone: Backbone, names: list[str], inputs: dict[str, Inputs],
+                 kfac: dict[str, Curvature], kfac_cfg: CurvatureConfig, reference: Inputs | None) -> None:
+        self.backbone, self.names, self.inputs, self.kfac_cfg = backbone, names, inputs, kfac_cfg
+        self._kfac, self._reference = dict(kfac), reference
+
+    def reference(self) -> Inputs | None:
+        return self._reference
+
+    def kfac(self, name: str) -> Curvature:
+        if name not in self._kfac:
+            self._kfac[name] = task_kfac(self.backbone, self.inputs[name], self.kfac_cfg)
+        return self._kfac[name]
+
+    def context(self, kind: str, task: str | None) -> TrainContext:
+        """The ``kind`` context against every given task (but ``task``, if it is among them)."""
+        return others_context(kind, [n for n in self.names if n != task], self.inputs.__getitem__, self.kfac,
+                              self.reference)

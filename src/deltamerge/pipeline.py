@@ -1,7 +1,9 @@
 """The main job: suite → curvature → fine-tune every task under every regime → merge → evaluate → results.json.
 
 Every stage writes a file under the run directory and is reused when the run is repeated (a task vector is reused
-only if it was trained with the same configuration on the same base model).
+only if it was trained with the same configuration on the same base model). The stages are the Workspace's
+(workspace.py: heads, curvature, other tasks, training); this module decides which regimes run, times them and
+evaluates. A ``PreferenceSuite`` runs ``pipeline_preference`` instead.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ from deltamerge.data import Task
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import MergeMethod, get_method
-from deltamerge.other_tasks import OtherTasks
 from deltamerge.safeio import atomic_write_text as write_text
-from deltamerge.stages import (load_or_build_heads, load_or_estimate_curvature, load_or_train, log,
-                              wants_dense_blocks)
+from deltamerge.stages import load_or_build_heads, load_or_estimate_curvature, load_or_train, log
 from deltamerge.suites import get_suite
 from deltamerge.suites.base import Suite
+from deltamerge.suites.preference_base import PreferenceSuite
 from deltamerge.taskvector import TaskVector
 from deltamerge.training import get_regime
-from deltamerge.training.context import TrainContext
+from deltamerge.workspace import Workspace
 
 __all__ = ["load_or_build_heads", "load_or_estimate_curvature", "load_or_train", "run", "train_config"]
 
@@ -42,13 +43,6 @@ def train_config(suite: Suite, run: RunConfig, regime: str) -> BaseTrainConfig:
     if cfg.regime != regime:
         raise DeltaMergeError(f"suite {suite.name} returned a '{cfg.regime}' configuration for regime '{regime}'")
     return with_overrides(cfg, overrides) if overrides else cfg
-
-
-def reference_context(tcfg: BaseTrainConfig, others: OtherTasks) -> TrainContext | None:
-    """The suite's reference inputs for a DELTA run with ``drift: function`` (it draws a minibatch per step)."""
-    if getattr(tcfg, "drift", "ekfac") == "function":
-        return TrainContext(reference=others.reference())
-    return None
 
 
 def merge_method(run: RunConfig, name: str) -> MergeMethod:
@@ -77,7 +71,7 @@ def run(cfg: RunConfig, suite: Suite | None = None, force: bool = False) -> dict
     ``force`` (results replaced; vectors trained with the same settings still reused) — see ``run_guard.py``."""
     t_start = time.perf_counter()
     suite = suite if suite is not None else get_suite(cfg.suite, cfg.suite_options)
-    if getattr(suite, "kind", "") == "preference":  # LLM preference suites: DPO vectors, Affine-2 sweep
+    if isinstance(suite, PreferenceSuite):  # LLM preference suites: DPO vectors, Affine-2 sweep
         from deltamerge.pipeline_preference import run_preference
 
         return run_preference(cfg, suite, force)
@@ -135,10 +129,9 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
     out = Path(cfg.out)
     write_text(out / rundir.CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     log(f"suite {suite.name} ({cfg.preset}): loading backbone and data")
-    backbone = suite.backbone()
-    tasks = suite.tasks(cfg.preset, cfg.tasks)
-    control = suite.control(cfg.preset)
-    heads = load_or_build_heads(suite, backbone, {**tasks, control.name: control}, out / rundir.HEADS)
+    ws = Workspace(suite, cfg.preset, out).load(cfg.tasks, control=True)
+    backbone, tasks, control = ws.backbone, ws.tasks, ws.control
+    heads = ws.build_heads()
     skipped = {r: why for r in cfg.regimes if (why := get_regime(r).unsupported_reason(backbone))}
     for r, why in skipped.items():
         log(f"{r}: skipped for suite {suite.name} ({why})")
@@ -147,16 +140,12 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
         raise DeltaMergeError(f"none of the regimes {cfg.regimes} applies to suite {suite.name}: "
                               + "; ".join(f"{r}: {w}" for r, w in skipped.items()))
     check_batch_plan(suite, cfg, tasks, regimes)  # every regime × task can split its batch: before any training
-    others = OtherTasks(suite, backbone, tasks, cfg.preset, out / rundir.TASK_CURVATURE, log)
     timing: dict[str, float] = {}
     curvature = None
     if any(get_regime(r).needs_curvature for r in regimes):
         t0 = time.perf_counter()
         # one curvature serves every regime: with dense blocks when a DELTA config asks for them (dense_norm_blocks)
-        users = [train_config(suite, cfg, r) for r in regimes if get_regime(r).needs_curvature]
-        dense = wants_dense_blocks(users)
-        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE, dense_blocks=dense,
-                                               profiles=[getattr(c, "profile", "paper") for c in users])
+        curvature = ws.curvature(cfg, [train_config(suite, cfg, r) for r in regimes if get_regime(r).needs_curvature])
         timing["curvature_s"] = round(time.perf_counter() - t0, 2)
     eval_cfg = cfg.eval or suite.eval_config(cfg.preset)
     ctx = protocols.EvalContext(backbone, heads, eval_cfg)
@@ -174,17 +163,12 @@ def _run(cfg: RunConfig, suite: Suite, methods: dict[str, MergeMethod], force: b
         regime_cls = get_regime(regime)
         if regime_cls.needs_others == "kfac" and "task_curvature_s" not in timing:
             t0 = time.perf_counter()
-            for name in tasks:
-                others.kfac(name)  # estimated once per task (or read from the run directory)
+            ws.task_curvatures()  # estimated once per task (or read from the run directory)
             timing["task_curvature_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         per_task = "steps" not in cfg.train.get(regime, {})  # an explicit steps override wins over the suite's
-        vecs = {name: load_or_train(task, backbone, heads[name],
-                                    suite.task_train_config(tcfg, task, cfg.preset) if per_task else tcfg,
-                                    curvature, out / rundir.VECTORS, suite.name,
-                                    others.context(regime_cls.needs_others, name) if regime_cls.needs_others
-                                    else reference_context(tcfg, others),
-                                    force=force)
+        vecs = {name: ws.train(name, suite.task_train_config(tcfg, task, cfg.preset) if per_task else tcfg,
+                               curvature, force=force)
                 for name, task in tasks.items()}
         timing[f"train_{regime}_s"] = round(time.perf_counter() - t0, 2)
         log(f"{regime}: evaluating (addition, negation)")

@@ -30,11 +30,12 @@ from deltamerge.evaluation.preference import Generator, accuracy, margins_sweep,
 from deltamerge.linearize import FunctionalModel
 from deltamerge.run_guard import claim_run_dir
 from deltamerge.safeio import atomic_write_text
-from deltamerge.stages import load_or_estimate_curvature, load_or_train, log
+from deltamerge.stages import log
 from deltamerge.suites.preference_base import PreferenceData, PreferenceSuite
 from deltamerge.suites.preference_data import encode_prompts
 from deltamerge.training.preference import with_prefix
 from deltamerge.training.regime import get_regime, trainable_names
+from deltamerge.workspace import Workspace
 
 MIXED = "dpo-mixed"
 DEFAULT_CLASSIFICATION_REGIMES = ["nonlinear", "linear", "delta"]
@@ -50,11 +51,16 @@ def concat(datasets: list[ArrayDataset]) -> ArrayDataset:
 def _regimes(cfg: RunConfig, suite: PreferenceSuite) -> list[str]:
     regimes = suite.default_regimes if cfg.regimes == DEFAULT_CLASSIFICATION_REGIMES else list(cfg.regimes)
     for r in regimes:
-        get_regime(r)
-        if not r.startswith("dpo"):
+        if not trains_on_pairs(r):
             raise DeltaMergeError(f"regime '{r}' does not train on preference pairs (suite {suite.name} takes "
                                   f"{', '.join(suite.default_regimes)}, dpo-lora and dpo-distilled-lora)")
     return regimes
+
+
+def trains_on_pairs(regime: str) -> bool:
+    """Whether ``regime`` (a registered one) trains on preference pairs: the regimes that declare they read no
+    classification head (``Regime.needs_head``) score an LM's log-probabilities of chosen vs rejected responses."""
+    return not get_regime(regime).needs_head
 
 
 def mixed_config(tcfg: BaseTrainConfig, axes: int, overrides: dict) -> BaseTrainConfig:
@@ -72,9 +78,10 @@ def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: Prefer
                   out: Path, force: bool = False) -> dict[str, dict[str, object]]:
     """regime → {axis (or "mixed") → task vector of the regime's output role}."""
     vectors: dict[str, dict[str, object]] = {}
+    ws = Workspace(suite, cfg.preset, out, backbone=backbone)  # no classification tasks: each axis is a task
     curvature = None
     if any(get_regime(r).needs_curvature for r in regimes):  # dpo-distilled-curvature only (off in the paper)
-        curvature = load_or_estimate_curvature(suite, backbone, cfg, out / rundir.CURVATURE)
+        curvature = ws.curvature(cfg)
     for regime in regimes:
         tcfg = with_overrides(suite.train_config(regime, cfg.preset), cfg.train.get(regime, {}))
         if regime == MIXED:
@@ -85,9 +92,7 @@ def train_vectors(cfg: RunConfig, suite: PreferenceSuite, backbone, data: Prefer
         vectors[regime] = {}
         for task in tasks:
             log(f"{regime}: {task.name} ({len(task.train)} pairs, {tcfg.steps} steps, batch {tcfg.batch_size})")
-            vecs = load_or_train(task, backbone, None, tcfg,
-                                 curvature if get_regime(regime).needs_curvature else None, out / rundir.VECTORS,
-                                 suite.name, force=force)
+            vecs = ws.train(task, tcfg, curvature if get_regime(regime).needs_curvature else None, force=force)
             vectors[regime][task.name] = vecs[get_regime(regime).output_role]
     return vectors
 

@@ -1,5 +1,6 @@
 """The cached stages of a run: each writes a file in the run directory and reuses it when its inputs are unchanged
-(heads by base fingerprint, curvature by config hash, task vectors by config hash and other tasks)."""
+(heads by base fingerprint, curvature by config hash, task vectors by config hash and other tasks). The entry points
+reach them through ``workspace.Workspace``, which knows the run directory's layout."""
 
 from __future__ import annotations
 

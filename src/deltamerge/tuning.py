@@ -23,11 +23,10 @@ from deltamerge.safeio import atomic_write_text
 from deltamerge.errors import DeltaMergeError
 from deltamerge.evaluation import protocols
 from deltamerge.merging import get_method
-from deltamerge.other_tasks import OtherTasks
-from deltamerge.stages import (load_or_build_heads, load_or_estimate_curvature, load_or_train, log,
-                              wants_dense_blocks)
+from deltamerge.stages import log
 from deltamerge.suites import get_suite
 from deltamerge.training import get_regime
+from deltamerge.workspace import Workspace
 
 METRICS = ("merged_alpha1", "merged_best", "single")
 
@@ -87,18 +86,13 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
     suite = get_suite(suite_name, suite_options or None)
     suite.check_task_names(tasks)  # before OUT is created
     out.mkdir(parents=True, exist_ok=True)
-    backbone = suite.backbone()
-    task_map = suite.tasks(preset, tasks)
-    heads = load_or_build_heads(suite, backbone, task_map, out / rundir.HEADS)
+    ws = Workspace(suite, preset, out).load(tasks)  # heads, curvature, τJp's inputs / TAK's KFAC all under OUT
+    ws.build_heads()
     run_cfg = RunConfig(suite=suite_name, regimes=[regime], preset=preset, out=out, suite_options=suite_options or {})
     base_cfg = suite.train_config(regime, preset)
     points = [with_overrides(base_cfg, p) for p in grid_points(grid, regime)]
-    dense = wants_dense_blocks(points)
-    curvature = (load_or_estimate_curvature(suite, backbone, run_cfg, out / rundir.CURVATURE, dense_blocks=dense,
-                                            profiles=[getattr(c, "profile", "paper") for c in points])
-                 if regime_cls.needs_curvature else None)
-    others = OtherTasks(suite, backbone, task_map, preset, out / rundir.TASK_CURVATURE, log)  # τJp's inputs, TAK's KFAC
-    ctx = protocols.EvalContext(backbone, heads, eval_cfg or suite.eval_config(preset))
+    curvature = ws.curvature(run_cfg, points) if regime_cls.needs_curvature else None
+    ctx = protocols.EvalContext(ws.backbone, ws.heads, eval_cfg or suite.eval_config(preset))
     method = get_method(merge_method)
     base = base_cfg.model_dump()
     rows = []
@@ -107,11 +101,9 @@ def tune(suite_name: str, regime: str, grid: dict[str, list], out: Path, preset:
         log(f"tune {i + 1}: {point}")
         t0 = time.perf_counter()
         vec_dir = out / "points" / config_hash(cfg)
-        vecs = {t: load_or_train(task, backbone, heads[t], cfg, curvature, vec_dir, suite.name,
-                                 others.context(regime_cls.needs_others, t) if regime_cls.needs_others else None)
-                [regime_cls.output_role] for t, task in task_map.items()}
+        vecs = {t: ws.train(t, cfg, curvature, vec_dir)[regime_cls.output_role] for t in ws.tasks}
         rows.append({"point": point, "config_hash": config_hash(cfg),
-                     **validation_scores(ctx, task_map, vecs, method), "seconds": round(time.perf_counter() - t0, 1)})
+                     **validation_scores(ctx, ws.tasks, vecs, method), "seconds": round(time.perf_counter() - t0, 1)})
     rows.sort(key=lambda r: -r[metric])
     write_json(out / "tune.json", {"suite": suite_name, "suite_options": suite_options or {}, "regime": regime,
                                    "preset": preset, "metric": metric,

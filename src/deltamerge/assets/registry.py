@@ -13,6 +13,7 @@ from deltamerge.assets import convert_broad as cb
 from deltamerge.assets import convert_llm as cl
 from deltamerge.assets import convert_text as ct
 from deltamerge.assets import convert_vision as cv
+from deltamerge.assets.catalogue import SUITE_CATALOGUE
 from deltamerge.assets.sources import Source
 from deltamerge.errors import DeltaMergeError
 
@@ -95,21 +96,14 @@ ASSETS: dict[str, AssetSpec] = {s.name: s for s in [
           cl.smollm2),
 ]}
 
-SUITE_ASSETS: dict[str, list[str]] = {
-    "vision-mini": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images",
-                    "more-photos"],
-    "vision-mini6": ["efficientnet-lite0", "fashion-mnist", "mnist5k", "digits", "elpv", "lfw", "natural-images",
-                     "more-photos", "openclipart", "emoji"],
-    "text-mini": ["minilm", "spam", "fine-foods", "fortunes", "austen", "text-reference"],
-    "llm-mini": ["smollm2", "fortunes", "text-reference", "fine-foods", "minilm"],  # last two: axes content
-}
+# Views of the suite catalogue (assets/catalogue.py: one registration per suite carries its assets), kept as
+# plain dicts so that callers and tests can read (and patch) them.
+SUITE_ASSETS: dict[str, list[str]] = {n: list(e.assets) for n, e in SUITE_CATALOGUE.items() if e.assets}
 
 # Fetched by `deltamerge assets fetch SUITE` but not by `deltamerge demo` or `assets fetch --required-only`: what
 # the suite's non-default options and its grown variants read (the broad reference pool, the natural-colour tasks).
-OPTIONAL_ASSETS: dict[str, list[str]] = {
-    "vision-mini": ["broad-photos", "openclipart", "emoji"],
-    "vision-mini6": ["broad-photos"],
-}
+OPTIONAL_ASSETS: dict[str, list[str]] = {n: list(e.optional_assets) for n, e in SUITE_CATALOGUE.items()
+                                         if e.optional_assets}
 
 
 def get_spec(name: str) -> AssetSpec:

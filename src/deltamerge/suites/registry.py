@@ -1,27 +1,19 @@
-"""Suites by name. Entries are imported lazily so that a suite's optional dependencies never break the others."""
+"""Suites by name: a view of the suite catalogue (``assets/catalogue.py``, one ``register_suite`` per suite with its
+assets). Entries are imported lazily so that a suite's optional dependencies never break the others."""
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
+from deltamerge.assets.catalogue import SUITE_CATALOGUE
 from deltamerge.errors import DeltaMergeError
 
 if TYPE_CHECKING:  # the registry itself stays light (the CLI lists its names without importing torch)
     from deltamerge.suites.base import Suite
 
-SUITES: dict[str, str] = {
-    "synthetic": "deltamerge.suites.synthetic:Synthetic",
-    "vision-mini": "deltamerge.suites.vision_mini:VisionMini",
-    "vision-mini6": "deltamerge.suites.vision_colour:VisionMini6",
-    "text-mini": "deltamerge.suites.text_mini:TextMini",
-    "vision8": "deltamerge.suites.vision_hub:Vision8",
-    "vision14": "deltamerge.suites.vision_hub:Vision14",
-    "nli6": "deltamerge.suites.nli_hub:NLI6",
-    "yaml": "deltamerge.suites.yaml_suite:YamlSuite",  # your own suite from a YAML file (option: file)
-    "llm-mini": "deltamerge.suites.llm_mini:LLMMini",
-    "llm-pref": "deltamerge.suites.llm_hub:LLMPref",
-}
+#: name → ``"module:Class"`` of every registered suite (derived from the catalogue; register a suite there)
+SUITES: dict[str, str] = {name: entry.target for name, entry in SUITE_CATALOGUE.items()}
 
 
 def get_suite(name: str, options: dict | None = None) -> "Suite":
