@@ -105,7 +105,7 @@ def random_curvature(backbone: Backbone, device: torch.device, seed: int = 0) ->
              "S": torch.rand(out_dim, rin, generator=g)}
         layers.append(LayerCurvature(mname, f"{mname}.weight", f"{mname}.bias" if has_bias else None,
                                      {k: v.to(device) for k, v in t.items()}, joint=has_bias))
-    return Curvature("ekfac", layers, "benchmark")
+    return Curvature.create("ekfac", layers, "benchmark")
 
 
 def random_head(backbone: Backbone, classes: int, device: torch.device) -> Head:
