@@ -87,3 +87,11 @@ def preference_parquet_dirs(root: Path, n: int = 24) -> tuple[Path, Path]:
         (hs / "data").mkdir(parents=True, exist_ok=True)
         datasets.Dataset.from_list(rows).to_parquet(str(hs / "data" / f"{split}-00000-of-00001.parquet"))
     return uf, hs
+
+
+def llm_pref_options(root: Path, max_prompts: int) -> dict:
+    """Suite options of a local ``llm-pref`` run: tiny policy and reward model, two local parquet preference sets."""
+    uf, hs = preference_parquet_dirs(root)
+    return {"model": str(tiny_llama_dir(root / "policy")), "reward_model": str(tiny_reward_model_dir(root / "rm")),
+            "helpfulness_data": str(uf), "verbosity_data": str(hs), "max_len": 32, "max_train": 8, "max_test": 6,
+            "max_prompts": max_prompts}

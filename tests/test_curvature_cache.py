@@ -13,7 +13,8 @@ from deltamerge.curvature import estimate_curvature
 from deltamerge.curvature.cache import load_or_estimate
 
 
-def test_estimates_once_then_reuses_adapts_or_re_estimates(tmp_path):
+def _counting_estimate():
+    """A toy backbone, an exact-probe estimate that counts its calls, the list the calls go to, and a log list."""
     bb = ToyMLP(seed=0)
     x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
     calls, logs = [], []
@@ -21,6 +22,12 @@ def test_estimates_once_then_reuses_adapts_or_re_estimates(tmp_path):
     def estimate():
         calls.append(1)
         return estimate_curvature(bb, x, CurvatureConfig(probes="exact", batch_size=16, progress=False))
+
+    return bb, estimate, calls, logs
+
+
+def test_estimates_once_then_reuses_adapts_or_re_estimates(tmp_path):
+    bb, estimate, calls, logs = _counting_estimate()
 
     path = tmp_path / "c.safetensors"
     first = load_or_estimate(path, bb, estimate, {"config_hash": "h1"}, lambda m: None, logs.append, "estimating")
@@ -62,13 +69,7 @@ def test_a_file_of_an_older_estimator_is_estimated_again(tmp_path):
     file without the current ``estimator_version`` must be re-estimated, not reused (main reused it)."""
     from deltamerge.curvature.cache import ESTIMATOR_VERSION
 
-    bb = ToyMLP(seed=0)
-    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
-    calls, logs = [], []
-
-    def estimate():
-        calls.append(1)
-        return estimate_curvature(bb, x, CurvatureConfig(probes="exact", batch_size=16, progress=False))
+    bb, estimate, calls, logs = _counting_estimate()
 
     path = tmp_path / "c.safetensors"
     old = estimate()

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llm_fixtures import preference_parquet_dirs, tiny_llama_dir, tiny_reward_model_dir
+from llm_fixtures import llm_pref_options, tiny_llama_dir
 
 from deltamerge.config import RunConfig, train_config
 from deltamerge.errors import DeltaMergeError
@@ -89,11 +89,7 @@ def _meta_workarounds(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def hub_like(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llm-hub")
-    uf, hs = preference_parquet_dirs(root)
-    return {"model": str(tiny_llama_dir(root / "policy")), "reward_model": str(tiny_reward_model_dir(root / "rm")),
-            "helpfulness_data": str(uf), "verbosity_data": str(hs), "max_len": 32, "max_train": 8, "max_test": 6,
-            "max_prompts": 4}
+    return llm_pref_options(tmp_path_factory.mktemp("llm-hub"), max_prompts=4)
 
 
 def test_sweep_builds_every_tensor_on_the_models_device(hub_like, tmp_path, monkeypatch):

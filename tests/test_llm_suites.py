@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from llm_fixtures import preference_parquet_dirs, tiny_llama_dir, tiny_reward_model_dir
+from llm_fixtures import llm_pref_options
 
 from deltamerge.config import RunConfig
 from deltamerge.errors import DeltaMergeError
@@ -19,11 +19,7 @@ from deltamerge.suites import get_suite
 
 @pytest.fixture(scope="module")
 def hub_like(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llm-hub")
-    uf, hs = preference_parquet_dirs(root)
-    return {"model": str(tiny_llama_dir(root / "policy")), "reward_model": str(tiny_reward_model_dir(root / "rm")),
-            "helpfulness_data": str(uf), "verbosity_data": str(hs), "max_len": 32, "max_train": 8, "max_test": 6,
-            "max_prompts": 3}
+    return llm_pref_options(tmp_path_factory.mktemp("llm-hub"), max_prompts=3)
 
 
 def test_llm_pref_suite_runs_all_four_methods_from_local_parquet(hub_like, tmp_path, monkeypatch):
