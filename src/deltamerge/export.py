@@ -107,9 +107,7 @@ def _check_base(model: nn.Module, vectors: list[TaskVector]) -> str:
     for tv in vectors:
         if not isinstance(tv, TaskVector):
             raise DeltaMergeError(f"vector must be a TaskVector, got {type(tv).__name__}")
-        if tv.base_fingerprint != fp:
-            raise DeltaMergeError(f"task vector was made for base model {tv.base_fingerprint}, but this model is {fp}:"
-                                  " wrong base model")
+        tv.check_base_fingerprint(fp, "exported model")
         tv._check_weight_edit()
     return fp
 

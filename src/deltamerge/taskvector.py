@@ -170,11 +170,15 @@ class TaskVector:
     def check_base_of(self, model: nn.Module, what: str = "model") -> None:
         """Refuse a ``model`` whose current weights are not this vector's base θ0 (another model, or θ0 edited in
         place): the fingerprint is recomputed from the weights."""
-        fp = fingerprint(model)
+        self.check_base_fingerprint(fingerprint(model), what)
+
+    def check_base_fingerprint(self, fp: str, what: str = "model") -> None:
+        """Refuse a model of fingerprint ``fp`` (computed once by a caller that checks several vectors against it)
+        that is not this vector's base θ0."""
         if fp != self.base_fingerprint:
             raise DeltaMergeError(f"{what}: the task vector was made for base model {self.base_fingerprint}, but this "
                                   f"model is {fp}: wrong base model (a vector of another model, or a model edited "
-                                  "in place; apply vectors to the untouched base model)")
+                                  "in place; use the untouched base model)")
 
     def _add_into(self, model: nn.Module, names: dict[str, str], alpha: float) -> nn.Module:
         params = dict(model.named_parameters())

@@ -72,12 +72,9 @@ class Evaluator:
 
         if not vectors:
             return
-        fp = fingerprint(backbone)
+        fp = fingerprint(backbone)  # once for every vector
         for tv in vectors:
-            if tv.base_fingerprint != fp:
-                raise DeltaMergeError(f"the task vector was made for base model {tv.base_fingerprint}, but the "
-                                      f"evaluated model is {fp}: wrong base model (a vector of another model, or a "
-                                      "model edited in place; evaluate with the untouched base model)")
+            tv.check_base_fingerprint(fp, "evaluated model")
         params = dict(backbone.named_parameters())
         biggest = max((abs(check_alpha(a)) for a in scales), default=0.0)
         for tv in vectors:
